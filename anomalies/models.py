@@ -1,0 +1,1 @@
+"""Cost anomaly models arrive with the rollup and anomaly detection issue."""

@@ -1,0 +1,197 @@
+"""
+Admin for tenants, memberships and the audit log.
+
+The admin only collects input and calls services. ``get_queryset`` is the one
+place that scopes each page to the user's tenants (``request.tenant_ids``,
+set by ``TenantRLSMiddleware``); filters and actions inherit it.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from billing.audit import Actor
+from billing.models import AuditLog, Membership, Tenant
+from billing.selectors import membership_role
+from billing.services import (
+    TENANT_FIELDS,
+    InvalidTransition,
+    membership_remove,
+    membership_set,
+    tenant_create,
+    tenant_set_status,
+    tenant_update,
+)
+
+
+def request_actor(request: HttpRequest) -> Actor:
+    return Actor.staff(
+        request.user, correlation_id=request.META.get("HTTP_X_REQUEST_ID", "")
+    )
+
+
+class TenantScopedAdminMixin:
+    """Show staff only the rows of tenants they are members of."""
+
+    tenant_field = "tenant_id"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        queryset = super().get_queryset(request)
+        tenant_ids = getattr(request, "tenant_ids", [])
+        if tenant_ids is None:
+            return queryset
+        return queryset.filter(**{f"{self.tenant_field}__in": tenant_ids})
+
+
+class TenantAdminForm(forms.ModelForm):
+    # Write-only: never rendered back, not even masked; empty keeps the old one.
+    langfuse_secret_key = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Write-only. Leave empty to keep the stored key.",
+    )
+
+    class Meta:
+        model = Tenant
+        fields = TENANT_FIELDS
+
+
+@admin.register(Tenant)
+class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    tenant_field = "pk"
+    form = TenantAdminForm
+    list_display = ["name", "slug", "status", "stripe_customer_id", "sync_enabled"]
+    list_filter = ["status", "sync_enabled"]
+    search_fields = ["name", "slug", "stripe_customer_id"]
+    readonly_fields = ["status", "secret_key_status", "created_at", "updated_at"]
+    actions = ["suspend", "activate"]
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "status"]}),
+        ("Stripe", {"fields": ["stripe_customer_id", "stripe_meter_event_name"]}),
+        (
+            "Langfuse",
+            {
+                "fields": [
+                    "langfuse_host",
+                    "langfuse_public_key",
+                    "langfuse_secret_key",
+                    "secret_key_status",
+                ]
+            },
+        ),
+        ("Sync", {"fields": ["sync_enabled", "settle_seconds"]}),
+        (None, {"fields": ["created_at", "updated_at"]}),
+    ]
+
+    @admin.display(description="Secret key stored")
+    def secret_key_status(self, obj: Tenant) -> str:
+        return "yes" if obj.langfuse_secret_key else "no"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        # Tenants are suspended, never deleted: their ledger is revenue history.
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        if not super().has_change_permission(request, obj):
+            return False
+        if obj is None or request.user.is_superuser:
+            return True
+        return membership_role(user=request.user, tenant=obj) == Membership.Role.ADMIN
+
+    def save_model(self, request, obj, form, change) -> None:
+        data = {field: form.cleaned_data[field] for field in TENANT_FIELDS}
+        secret = form.cleaned_data["langfuse_secret_key"]
+        actor = request_actor(request)
+        if change:
+            tenant = tenant_update(
+                tenant=obj, actor=actor, langfuse_secret_key=secret, **data
+            )
+        else:
+            tenant = tenant_create(actor=actor, langfuse_secret_key=secret, **data)
+        obj.pk = tenant.pk
+
+    def _set_status(self, request, queryset, status: str) -> None:
+        done = 0
+        for tenant_id in queryset.values_list("pk", flat=True):
+            try:
+                tenant_set_status(
+                    tenant_id=tenant_id, status=status, actor=request_actor(request)
+                )
+                done += 1
+            except InvalidTransition as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+        self.message_user(request, f"{done} tenant(s) now {status}.")
+
+    @admin.action(description="Suspend selected tenants", permissions=["change"])
+    def suspend(self, request, queryset) -> None:
+        self._set_status(request, queryset, Tenant.Status.SUSPENDED)
+
+    @admin.action(description="Activate selected tenants", permissions=["change"])
+    def activate(self, request, queryset) -> None:
+        self._set_status(request, queryset, Tenant.Status.ACTIVE)
+
+
+@admin.register(Membership)
+class MembershipAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    list_display = ["user", "tenant", "role", "created_at"]
+    list_filter = ["role", "tenant"]
+    search_fields = ["user__username", "tenant__name"]
+    autocomplete_fields = ["user", "tenant"]
+
+    # Granting access is a platform decision: only superusers edit memberships.
+    def has_add_permission(self, request) -> bool:
+        return request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    def save_model(self, request, obj, form, change) -> None:
+        membership = membership_set(
+            tenant=obj.tenant,
+            user=obj.user,
+            role=obj.role,
+            actor=request_actor(request),
+        )
+        obj.pk = membership.pk
+
+    def delete_model(self, request, obj) -> None:
+        membership_remove(membership_id=obj.pk, actor=request_actor(request))
+
+    def delete_queryset(self, request, queryset) -> None:
+        for membership_id in queryset.values_list("pk", flat=True):
+            membership_remove(membership_id=membership_id, actor=request_actor(request))
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "tenant",
+        "actor",
+        "actor_kind",
+        "action",
+        "object_type",
+        "object_id",
+    ]
+    list_filter = ["action", "actor_kind", "tenant"]
+    search_fields = ["object_id", "note", "correlation_id"]
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

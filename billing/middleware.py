@@ -1,0 +1,26 @@
+"""Scope each request's database work to the tenants its user may see."""
+
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse
+
+from billing.selectors import tenant_ids_for_user
+from billing.tenancy import tenant_context
+
+
+class TenantRLSMiddleware:
+    """
+    Wrap the view in ``tenant_context`` for the user's tenants.
+
+    Sets ``request.tenant_ids`` (None: every tenant, for superusers) so that
+    admin ``get_queryset`` and the API filter with the same list RLS enforces.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        tenant_ids = tenant_ids_for_user(user=request.user)
+        request.tenant_ids = tenant_ids
+        with tenant_context(tenant_ids or (), all_tenants=tenant_ids is None):
+            return self.get_response(request)

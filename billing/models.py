@@ -1,0 +1,156 @@
+"""Tenants, their members, and the audit log every state change writes to."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+
+from billing.secrets import EncryptedSecretField
+from billing.tenancy import TenantOwnedModel, TenantQuerySet
+
+# Seed 002: a trace is billed only once its newest observation is this old.
+DEFAULT_SETTLE_SECONDS = 60
+
+DEFAULT_METER_EVENT_NAME = "llm_usage"
+
+
+class Tenant(models.Model):
+    """A customer of the platform: one Langfuse project, one Stripe customer."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=64, unique=True)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.ACTIVE
+    )
+
+    stripe_customer_id = models.CharField(
+        max_length=64,
+        blank=True,
+        validators=[RegexValidator(r"^cus_\w+$", "A Stripe customer id: cus_...")],
+        help_text="Empty: usage fills the ledger and is reported once this is set.",
+    )
+    stripe_meter_event_name = models.CharField(
+        max_length=100, default=DEFAULT_METER_EVENT_NAME
+    )
+
+    langfuse_host = models.URLField(default="https://cloud.langfuse.com")
+    langfuse_public_key = models.CharField(max_length=200, blank=True)
+    langfuse_secret_key = EncryptedSecretField(blank=True, default="")
+
+    sync_enabled = models.BooleanField(default=True)
+    settle_seconds = models.PositiveIntegerField(
+        default=DEFAULT_SETTLE_SECONDS, validators=[MinValueValidator(0)]
+    )
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["active", "suspended"]),
+                name="tenant_status_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<Tenant {self.pk} {self.slug}>"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+    @property
+    def has_langfuse_credentials(self) -> bool:
+        return bool(self.langfuse_public_key and self.langfuse_secret_key)
+
+
+class Membership(TenantOwnedModel):
+    """A user's role in one tenant; staff see only the tenants they belong to."""
+
+    class Role(models.TextChoices):
+        VIEWER = "viewer", "Viewer"
+        OPERATOR = "operator", "Operator"
+        ADMIN = "admin", "Admin"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.VIEWER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "user"], name="membership_unique_user_tenant"
+            ),
+            models.CheckConstraint(
+                condition=Q(role__in=["viewer", "operator", "admin"]),
+                name="membership_role_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.tenant} ({self.role})"
+
+
+class AuditLog(models.Model):
+    """
+    Append-only record of every state change, written by service functions only.
+
+    ``tenant`` is nullable for platform-level actions; rows are never updated
+    or deleted (the admin is read-only and Postgres rejects UPDATE/DELETE).
+    """
+
+    class ActorKind(models.TextChoices):
+        STAFF = "staff", "Staff"
+        API = "api", "API client"
+        JOB = "job", "Job"
+        SYSTEM = "system", "System"
+
+    tenant = models.ForeignKey(
+        Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    actor_kind = models.CharField(max_length=16, choices=ActorKind.choices)
+    action = models.CharField(max_length=64)
+    object_type = models.CharField(max_length=64)
+    object_id = models.CharField(max_length=64)
+    before = models.JSONField(default=dict, blank=True)
+    after = models.JSONField(default=dict, blank=True)
+    note = models.TextField(blank=True)
+    correlation_id = models.CharField(
+        max_length=64, blank=True, help_text="Request or job id."
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["object_type", "object_id"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(actor_kind__in=["staff", "api", "job", "system"]),
+                name="auditlog_actor_kind_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.object_type}:{self.object_id}"

@@ -1,0 +1,168 @@
+"""Every write to tenants and memberships; each one writes the audit log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from billing.audit import Actor, audit_log_write
+from billing.models import Membership, Tenant
+
+
+class InvalidTransition(Exception):
+    """The object is not in a state that allows the requested change."""
+
+
+# Fields a service may set on a tenant; the secret is handled on its own.
+TENANT_FIELDS = (
+    "name",
+    "slug",
+    "stripe_customer_id",
+    "stripe_meter_event_name",
+    "langfuse_host",
+    "langfuse_public_key",
+    "sync_enabled",
+    "settle_seconds",
+)
+
+
+def _tenant_snapshot(tenant: Tenant) -> dict[str, Any]:
+    snapshot = {field: getattr(tenant, field) for field in TENANT_FIELDS}
+    snapshot["status"] = tenant.status
+    # Whether a secret is set is auditable; its value never is.
+    snapshot["langfuse_secret_key"] = "set" if tenant.langfuse_secret_key else ""
+    return snapshot
+
+
+def _changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in after.items() if before.get(k) != v}
+
+
+@transaction.atomic
+def tenant_create(
+    *, actor: Actor, langfuse_secret_key: str = "", **fields: Any
+) -> Tenant:
+    unknown = set(fields) - set(TENANT_FIELDS)
+    if unknown:
+        raise TypeError(f"Unknown tenant fields: {', '.join(sorted(unknown))}")
+    tenant = Tenant(**fields)
+    if langfuse_secret_key:
+        tenant.langfuse_secret_key = langfuse_secret_key
+    tenant.full_clean()
+    tenant.save()
+    audit_log_write(
+        actor=actor,
+        action="tenant.create",
+        obj=tenant,
+        tenant=tenant,
+        after=_tenant_snapshot(tenant),
+    )
+    return tenant
+
+
+@transaction.atomic
+def tenant_update(
+    *,
+    tenant: Tenant,
+    actor: Actor,
+    langfuse_secret_key: str = "",
+    note: str = "",
+    **fields: Any,
+) -> Tenant:
+    """Update settings; an empty ``langfuse_secret_key`` keeps the stored one."""
+    unknown = set(fields) - set(TENANT_FIELDS)
+    if unknown:
+        raise TypeError(f"Unknown tenant fields: {', '.join(sorted(unknown))}")
+    tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    before = _tenant_snapshot(tenant)
+    for field, value in fields.items():
+        setattr(tenant, field, value)
+    secret_changed = bool(langfuse_secret_key)
+    if secret_changed:
+        tenant.langfuse_secret_key = langfuse_secret_key
+    tenant.full_clean()
+    tenant.save()
+    after = _tenant_snapshot(tenant)
+    if secret_changed:
+        after["langfuse_secret_key"] = "changed"  # noqa: S105 (a marker, not a key)
+    changes = _changed(before, after)
+    if changes:
+        audit_log_write(
+            actor=actor,
+            action="tenant.update",
+            obj=tenant,
+            tenant=tenant,
+            before={k: before[k] for k in changes},
+            after=changes,
+            note=note,
+        )
+    return tenant
+
+
+@transaction.atomic
+def tenant_set_status(
+    *, tenant_id: int, status: str, actor: Actor, note: str = ""
+) -> Tenant:
+    """Suspend or reactivate a tenant; a no-op transition is refused."""
+    if status not in Tenant.Status.values:
+        raise ValueError(f"Unknown tenant status: {status!r}")
+    # A conditional UPDATE: two operators clicking at once change it once.
+    updated = (
+        Tenant.objects.filter(pk=tenant_id).exclude(status=status).update(status=status)
+    )
+    tenant = Tenant.objects.get(pk=tenant_id)
+    if not updated:
+        raise InvalidTransition(f"Tenant {tenant.slug} is already {status}.")
+    suspending = status == Tenant.Status.SUSPENDED
+    previous = Tenant.Status.ACTIVE if suspending else Tenant.Status.SUSPENDED
+    audit_log_write(
+        actor=actor,
+        action="tenant.suspend" if suspending else "tenant.activate",
+        obj=tenant,
+        tenant=tenant,
+        before={"status": previous},
+        after={"status": status},
+        note=note,
+    )
+    return tenant
+
+
+@transaction.atomic
+def membership_set(*, tenant: Tenant, user: Any, role: str, actor: Actor) -> Membership:
+    """Add a user to a tenant or change their role."""
+    membership, created = Membership.objects.select_for_update().get_or_create(
+        tenant=tenant, user=user, defaults={"role": role}
+    )
+    before = {} if created else {"role": membership.role}
+    if not created and membership.role != role:
+        membership.role = role
+        membership.full_clean()
+        membership.save(update_fields=["role"])
+    if created or before["role"] != role:
+        audit_log_write(
+            actor=actor,
+            action="membership.create" if created else "membership.update",
+            obj=membership,
+            tenant=tenant,
+            before=before,
+            after={"user": user.get_username(), "role": role},
+        )
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, membership_id: int, actor: Actor) -> None:
+    membership = (
+        Membership.objects.select_for_update()
+        .select_related("tenant", "user")
+        .get(pk=membership_id)
+    )
+    audit_log_write(
+        actor=actor,
+        action="membership.delete",
+        obj=membership,
+        tenant=membership.tenant,
+        before={"user": membership.user.get_username(), "role": membership.role},
+    )
+    membership.delete()

@@ -1,0 +1,55 @@
+import pytest
+from django.db import connection
+
+from billing.app_role import app_role_ensure
+from tests.factories import MembershipFactory, TenantFactory, UserFactory
+
+pytest_plugins = [
+    "tests.fixtures.langfuse",
+    "tests.fixtures.stripe",
+]
+
+APP_ROLE = "billing_app_test"
+
+
+@pytest.fixture
+def tenant():
+    return TenantFactory()
+
+
+@pytest.fixture
+def other_tenant():
+    return TenantFactory()
+
+
+@pytest.fixture
+def staff_user():
+    return UserFactory()
+
+
+@pytest.fixture
+def superuser():
+    return UserFactory(is_superuser=True)
+
+
+@pytest.fixture
+def membership():
+    return MembershipFactory
+
+
+@pytest.fixture
+def as_app_role(db):
+    """
+    Run the rest of the test's transaction as the application role.
+
+    ``SET LOCAL ROLE`` makes the (superuser) test connection subject to RLS
+    exactly as the app's own login would be, and ends with the test's
+    transaction, so it never leaks into another test.
+    """
+    app_role_ensure(role=APP_ROLE)
+
+    def switch():
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL ROLE {APP_ROLE}")
+
+    return switch

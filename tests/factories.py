@@ -1,0 +1,42 @@
+import factory
+from django.contrib.auth import get_user_model
+
+from billing.models import Membership, Tenant
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+        django_get_or_create = ("username",)
+        skip_postgeneration_save = True
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    email = factory.LazyAttribute(lambda o: f"{o.username}@example.com")
+    password = factory.PostGenerationMethodCall("set_password", "pw-for-tests-1")
+    is_staff = True
+
+    @factory.post_generation
+    def _save(obj, create, extracted, **kwargs):
+        if create:
+            obj.save()
+
+
+class TenantFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Tenant
+
+    name = factory.Sequence(lambda n: f"Tenant {n}")
+    slug = factory.Sequence(lambda n: f"tenant-{n}")
+    stripe_customer_id = factory.Sequence(lambda n: f"cus_test{n}")
+    langfuse_host = "http://127.0.0.1:1"
+    langfuse_public_key = factory.Sequence(lambda n: f"pk-lf-test-{n}")
+    langfuse_secret_key = factory.Sequence(lambda n: f"sk-lf-test-secret-{n}")
+
+
+class MembershipFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Membership
+
+    tenant = factory.SubFactory(TenantFactory)
+    user = factory.SubFactory(UserFactory)
+    role = Membership.Role.VIEWER
