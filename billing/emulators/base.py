@@ -114,6 +114,9 @@ class MinuteRateLimiter:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle on, each response
+    # waits for the client's delayed ACK (~40 ms a request).
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
@@ -190,6 +193,7 @@ class EmulatorServer:
     def start(self) -> EmulatorServer:
         self._thread = threading.Thread(
             target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
             name=f"emulator-{type(self.emulator).__name__}",
             daemon=True,
         )

@@ -1,0 +1,36 @@
+# The two commands a newcomer needs: `make test` and `make demo` (see README).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_SERVE ?= 1
+DEMO_PORT ?= 8000
+
+# The demo runs on the embedded default (SQLite, no Redis) against the
+# in-process emulators; nothing here reaches a real provider.
+DEMO_ENV := env -u DATABASE_URL -u REDIS_URL DEBUG=1 \
+	STRIPE_API_KEY=sk_test_demo_emulator STRIPE_API_BASE=http://127.0.0.1:8011
+
+.PHONY: venv lint test demo clean
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(BIN)/.installed
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Needs the Postgres and Redis of this machine running (.ci/run starts them).
+test: lint
+	$(BIN)/pytest --create-db
+
+demo: venv
+	$(DEMO_ENV) $(BIN)/python manage.py migrate --noinput
+	$(DEMO_ENV) $(BIN)/python manage.py demo --port $(DEMO_PORT) \
+		$(if $(filter 0,$(DEMO_SERVE)),--no-serve,)
+
+clean:
+	rm -rf $(VENV) db.sqlite3 .pytest_cache .ruff_cache
