@@ -8,13 +8,24 @@ set by ``TenantRLSMiddleware``); filters and actions inherit it.
 
 from __future__ import annotations
 
+from functools import partial
+
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from billing.audit import Actor
-from billing.models import AuditLog, Membership, Tenant
+from billing.models import (
+    AuditLog,
+    Membership,
+    StripeReport,
+    SyncCursor,
+    SyncRun,
+    Tenant,
+    UsageAdjustment,
+    UsageRecord,
+)
 from billing.selectors import membership_role
 from billing.services import (
     TENANT_FIELDS,
@@ -22,9 +33,11 @@ from billing.services import (
     membership_remove,
     membership_set,
     tenant_create,
+    tenant_resume_sync,
     tenant_set_status,
     tenant_update,
 )
+from billing.stripe_sink import report_transition
 
 
 def request_actor(request: HttpRequest) -> Actor:
@@ -58,20 +71,39 @@ class TenantAdminForm(forms.ModelForm):
     class Meta:
         model = Tenant
         fields = TENANT_FIELDS
+        # Django 6's default, adopted now: a URL typed without scheme is https.
+        field_classes = {"langfuse_host": partial(forms.URLField, assume_scheme="https")}
 
 
 @admin.register(Tenant)
 class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     tenant_field = "pk"
     form = TenantAdminForm
-    list_display = ["name", "slug", "status", "stripe_customer_id", "sync_enabled"]
+    list_display = [
+        "name",
+        "slug",
+        "status",
+        "stripe_customer_id",
+        "sync_enabled",
+        "sync_paused_reason",
+    ]
     list_filter = ["status", "sync_enabled"]
     search_fields = ["name", "slug", "stripe_customer_id"]
-    readonly_fields = ["status", "secret_key_status", "created_at", "updated_at"]
-    actions = ["suspend", "activate"]
+    readonly_fields = [
+        "status",
+        "secret_key_status",
+        "sync_paused_reason",
+        "sync_paused_at",
+        "created_at",
+        "updated_at",
+    ]
+    actions = ["suspend", "activate", "resume_sync"]
     fieldsets = [
         (None, {"fields": ["name", "slug", "status"]}),
-        ("Stripe", {"fields": ["stripe_customer_id", "stripe_meter_event_name"]}),
+        (
+            "Stripe",
+            {"fields": ["stripe_customer_id", "stripe_meter_event_name", "meter_unit"]},
+        ),
         (
             "Langfuse",
             {
@@ -83,7 +115,18 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
                 ]
             },
         ),
-        ("Sync", {"fields": ["sync_enabled", "settle_seconds"]}),
+        (
+            "Sync",
+            {
+                "fields": [
+                    "sync_enabled",
+                    "settle_seconds",
+                    "sync_concurrency",
+                    "sync_paused_reason",
+                    "sync_paused_at",
+                ]
+            },
+        ),
         (None, {"fields": ["created_at", "updated_at"]}),
     ]
 
@@ -136,6 +179,17 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     @admin.action(description="Activate selected tenants", permissions=["change"])
     def activate(self, request, queryset) -> None:
         self._set_status(request, queryset, Tenant.Status.ACTIVE)
+
+    @admin.action(description="Resume paused sync", permissions=["change"])
+    def resume_sync(self, request, queryset) -> None:
+        resumed = 0
+        for tenant_id in queryset.values_list("pk", flat=True):
+            try:
+                tenant_resume_sync(tenant_id=tenant_id, actor=request_actor(request))
+                resumed += 1
+            except InvalidTransition as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+        self.message_user(request, f"Sync resumed for {resumed} tenant(s).")
 
 
 @admin.register(Membership)
@@ -195,3 +249,129 @@ class AuditLogAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+class ReadOnlyAdminMixin:
+    """Ledger rows change only through the sync engine and its services."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "trace_id",
+        "tenant",
+        "trace_timestamp",
+        "status",
+        "cost",
+        "total_tokens",
+        "price_source",
+        "skip_reason",
+    ]
+    list_filter = ["status", "price_source", "tenant"]
+    search_fields = ["trace_id", "user_id", "agent_id", "project_id", "epic_id"]
+    date_hierarchy = "trace_timestamp"
+    list_select_related = ["tenant"]
+    show_full_result_count = False
+
+
+@admin.register(UsageAdjustment)
+class UsageAdjustmentAdmin(
+    ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin
+):
+    list_display = [
+        "usage_record",
+        "tenant",
+        "status",
+        "cost",
+        "created_at",
+        "skip_reason",
+    ]
+    list_filter = ["status", "tenant"]
+    search_fields = ["usage_record__trace_id"]
+    list_select_related = ["tenant", "usage_record"]
+
+
+@admin.register(StripeReport)
+class StripeReportAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "identifier",
+        "tenant",
+        "day",
+        "value",
+        "unit",
+        "record_count",
+        "adjustment_count",
+        "status",
+        "attempts",
+        "last_error",
+    ]
+    list_filter = ["status", "unit", "tenant"]
+    search_fields = ["identifier", "stripe_customer_id"]
+    date_hierarchy = "day"
+    list_select_related = ["tenant"]
+    actions = ["retry"]
+
+    def has_retry_permission(self, request) -> bool:
+        return request.user.has_perm("billing.view_stripereport") and (
+            request.user.is_superuser or bool(getattr(request, "tenant_ids", None))
+        )
+
+    @admin.action(description="Retry selected failed reports", permissions=["retry"])
+    def retry(self, request, queryset) -> None:
+        retried = 0
+        for report in queryset.filter(status=StripeReport.Status.FAILED):
+            retried += report_transition(
+                report=report,
+                to=StripeReport.Status.PENDING,
+                actor=request_actor(request),
+                from_statuses=(StripeReport.Status.FAILED,),
+                count_attempt=False,
+            )
+        self.message_user(
+            request, f"{retried} report(s) queued again; the next sync sends them."
+        )
+
+
+@admin.register(SyncRun)
+class SyncRunAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "started_at",
+        "tenant",
+        "kind",
+        "status",
+        "dry_run",
+        "traces_fetched",
+        "billed",
+        "skipped",
+        "healed",
+        "adjustments",
+        "failed",
+        "langfuse_calls",
+        "stripe_calls",
+        "rate_limited",
+        "final_delay_ms",
+        "error",
+    ]
+    list_filter = ["status", "kind", "dry_run", "tenant"]
+    date_hierarchy = "started_at"
+    list_select_related = ["tenant"]
+
+
+@admin.register(SyncCursor)
+class SyncCursorAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "tenant",
+        "watermark",
+        "billed_amount",
+        "billed_units",
+        "updated_at",
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 
 from billing.audit import Actor, audit_log_write
 from billing.models import Membership, Tenant
@@ -22,8 +23,10 @@ TENANT_FIELDS = (
     "stripe_meter_event_name",
     "langfuse_host",
     "langfuse_public_key",
+    "meter_unit",
     "sync_enabled",
     "settle_seconds",
+    "sync_concurrency",
 )
 
 
@@ -166,3 +169,45 @@ def membership_remove(*, membership_id: int, actor: Actor) -> None:
         before={"user": membership.user.get_username(), "role": membership.role},
     )
     membership.delete()
+
+
+@transaction.atomic
+def tenant_pause_sync(*, tenant_id: int, reason: str, actor: Actor) -> Tenant:
+    """Stop syncing a tenant (e.g. Langfuse rejected its keys) until resumed."""
+    tenant = Tenant.objects.select_for_update().get(pk=tenant_id)
+    if tenant.sync_paused_reason == reason:
+        return tenant
+    before = {"sync_paused_reason": tenant.sync_paused_reason}
+    tenant.sync_paused_reason = reason
+    tenant.sync_paused_at = timezone.now()
+    tenant.save(update_fields=["sync_paused_reason", "sync_paused_at", "updated_at"])
+    audit_log_write(
+        actor=actor,
+        action="tenant.pause_sync",
+        obj=tenant,
+        tenant=tenant,
+        before=before,
+        after={"sync_paused_reason": reason},
+    )
+    return tenant
+
+
+@transaction.atomic
+def tenant_resume_sync(*, tenant_id: int, actor: Actor, note: str = "") -> Tenant:
+    tenant = Tenant.objects.select_for_update().get(pk=tenant_id)
+    if not tenant.sync_paused_reason:
+        raise InvalidTransition(f"Sync of {tenant.slug} is not paused.")
+    before = {"sync_paused_reason": tenant.sync_paused_reason}
+    tenant.sync_paused_reason = ""
+    tenant.sync_paused_at = None
+    tenant.save(update_fields=["sync_paused_reason", "sync_paused_at", "updated_at"])
+    audit_log_write(
+        actor=actor,
+        action="tenant.resume_sync",
+        obj=tenant,
+        tenant=tenant,
+        before=before,
+        after={"sync_paused_reason": ""},
+        note=note,
+    )
+    return tenant

@@ -78,8 +78,10 @@ def tenant_context(
             _set(cursor, TENANT_IDS_SETTING, ids)
             _set(cursor, BYPASS_SETTING, "on" if all_tenants else "off")
         yield
-        # Only on success: when the block raises, the rollback of this atomic
-        # (a savepoint when nested) reverts both settings by itself.
+        # Only on success: when the block raises or asked for a rollback, the
+        # rollback of this atomic (a savepoint when nested) reverts both.
+        if connection.needs_rollback:
+            return
         with connection.cursor() as cursor:
             _set(cursor, TENANT_IDS_SETTING, previous_ids or "")
             _set(cursor, BYPASS_SETTING, previous_bypass or "off")

@@ -78,6 +78,8 @@ def _post_change(client, tenant, **overrides):
         "slug": tenant.slug,
         "stripe_customer_id": tenant.stripe_customer_id,
         "stripe_meter_event_name": tenant.stripe_meter_event_name,
+        "meter_unit": tenant.meter_unit,
+        "sync_concurrency": tenant.sync_concurrency,
         "langfuse_host": tenant.langfuse_host,
         "langfuse_public_key": tenant.langfuse_public_key,
         "langfuse_secret_key": "",

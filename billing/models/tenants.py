@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 
@@ -14,6 +14,13 @@ from billing.tenancy import TenantOwnedModel, TenantQuerySet
 DEFAULT_SETTLE_SECONDS = 60
 
 DEFAULT_METER_EVENT_NAME = "llm_usage"
+DEFAULT_SYNC_CONCURRENCY = 4
+
+
+class MeterUnit(models.TextChoices):
+    # Stripe meter values are integers: cost goes in micro-dollars.
+    MICRO_USD = "micro_usd", "Cost in micro-dollars"
+    TOKENS = "tokens", "Tokens"
 
 
 class Tenant(models.Model):
@@ -38,6 +45,9 @@ class Tenant(models.Model):
     stripe_meter_event_name = models.CharField(
         max_length=100, default=DEFAULT_METER_EVENT_NAME
     )
+    meter_unit = models.CharField(
+        max_length=16, choices=MeterUnit.choices, default=MeterUnit.MICRO_USD
+    )
 
     langfuse_host = models.URLField(default="https://cloud.langfuse.com")
     langfuse_public_key = models.CharField(max_length=200, blank=True)
@@ -47,6 +57,15 @@ class Tenant(models.Model):
     settle_seconds = models.PositiveIntegerField(
         default=DEFAULT_SETTLE_SECONDS, validators=[MinValueValidator(0)]
     )
+    sync_concurrency = models.PositiveSmallIntegerField(
+        default=DEFAULT_SYNC_CONCURRENCY,
+        validators=[MinValueValidator(1), MaxValueValidator(32)],
+        help_text="Parallel Stripe sends for this tenant.",
+    )
+    # Set when the provider rejects the tenant's credentials (401/403); the
+    # scheduler skips the tenant until an operator resumes it.
+    sync_paused_reason = models.TextField(blank=True)
+    sync_paused_at = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -57,6 +76,10 @@ class Tenant(models.Model):
             models.CheckConstraint(
                 condition=Q(status__in=["active", "suspended"]),
                 name="tenant_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(meter_unit__in=["micro_usd", "tokens"]),
+                name="tenant_meter_unit_valid",
             ),
         ]
 

@@ -1,0 +1,71 @@
+"""
+RQ jobs: thin wrappers that fan out per tenant and call the sync engine.
+
+The scheduler (``manage.py rqcron billing_project.cron``) enqueues the fan-out
+jobs; each tenant then gets its own job, so tenants run in parallel across
+workers and one slow tenant never holds up the rest. A second scheduler or a
+duplicate job is harmless: the tenant's advisory lock lets one run through and
+the other returns at once.
+"""
+
+from __future__ import annotations
+
+import django_rq
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from billing.models import SyncRun
+from billing.sync import eligible_tenant_ids, sync_tenant
+
+QUEUE = "default"
+# A sync job that has not started within this long is stale; the next minute's
+# fan-out enqueues a fresh one.
+SYNC_JOB_TTL = 120
+
+
+def _job_id(kind: str, tenant_id: int) -> str:
+    return f"billing-{kind}-{tenant_id}"
+
+
+def _already_queued(queue, job_id: str) -> bool:
+    try:
+        job = Job.fetch(job_id, connection=queue.connection)
+    except NoSuchJobError:
+        return False
+    return job.get_status() in (JobStatus.QUEUED, JobStatus.STARTED)
+
+
+def enqueue_tenant_jobs(kind: str = SyncRun.Kind.SYNC) -> list[int]:
+    """Enqueue one job per eligible tenant, unless one is already waiting."""
+    queue = django_rq.get_queue(QUEUE)
+    enqueued = []
+    for tenant_id in eligible_tenant_ids(kind):
+        job_id = _job_id(kind, tenant_id)
+        if _already_queued(queue, job_id):
+            continue
+        queue.enqueue(sync_tenant_job, tenant_id, kind, job_id=job_id, ttl=SYNC_JOB_TTL)
+        enqueued.append(tenant_id)
+    return enqueued
+
+
+def sync_all_tenants() -> list[int]:
+    return enqueue_tenant_jobs(SyncRun.Kind.SYNC)
+
+
+def reconcile_all_tenants() -> list[int]:
+    return enqueue_tenant_jobs(SyncRun.Kind.RECONCILE)
+
+
+def sync_tenant_job(tenant_id: int, kind: str = SyncRun.Kind.SYNC) -> dict:
+    """Run one tenant's sync; the result is counts only, never provider text."""
+    run = sync_tenant(tenant_id=tenant_id, kind=kind)
+    if run is None:
+        return {"tenant_id": tenant_id, "status": "locked"}
+    return {
+        "tenant_id": tenant_id,
+        "sync_run_id": run.pk,
+        "status": run.status,
+        "billed": run.billed,
+        "skipped": run.skipped,
+        "healed": run.healed,
+    }

@@ -1,0 +1,47 @@
+from django.core.management.base import BaseCommand
+
+from billing.management.commands._options import progress_factory, tenant_by_slug
+from billing.models import SyncRun
+from billing.sync import eligible_tenant_ids, sync_tenants
+
+
+class Command(BaseCommand):
+    help = "Sync Langfuse usage into the ledger and report it to Stripe."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--tenant", help="Tenant slug (default: every eligible).")
+        parser.add_argument(
+            "--kind",
+            choices=[SyncRun.Kind.SYNC, SyncRun.Kind.RECONCILE],
+            default=SyncRun.Kind.SYNC,
+            help="reconcile re-reads a look-back window and bills what is missing.",
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Read and count; write nothing."
+        )
+        parser.add_argument(
+            "--concurrency", type=int, default=4, help="Tenants at once."
+        )
+
+    def handle(self, *args, tenant, kind, dry_run, concurrency, **options):
+        tenant_ids = (
+            [tenant_by_slug(tenant).pk] if tenant else eligible_tenant_ids(kind)
+        )
+        runs = sync_tenants(
+            tenant_ids,
+            concurrency=concurrency,
+            kind=kind,
+            dry_run=dry_run,
+            progress=progress_factory(),
+        )
+        for run in runs:
+            if run is None:
+                self.stdout.write("skipped: another sync holds the tenant's lock")
+                continue
+            self.stdout.write(
+                f"{run.tenant.slug}: {run.status}{' (dry run)' if dry_run else ''}, "
+                f"{run.traces_fetched} traces fetched, {run.billed} billed, "
+                f"{run.skipped} skipped, {run.healed} healed, "
+                f"{run.adjustments} adjustments, {run.reports_sent} reports sent"
+                + (f"; {run.error}" if run.error else "")
+            )

@@ -1,0 +1,362 @@
+"""
+The sync engine: Langfuse -> ledger -> Stripe, for one tenant at a time.
+
+A run takes the tenant's advisory lock, reads a window of observations page
+by page (each page merged and committed on its own, the cursor advanced in the
+same transaction), batches settled rows into the outbox and sends it. Memory
+holds one page and a few counters, never the window. Every run is recorded as
+a ``SyncRun`` whose counters are updated as pages land, so the admin shows a
+long run's progress.
+
+Kinds:
+- ``sync``: from the cursor (minus an overlap for ingestion lag) to now minus
+  the settle window; the scheduler runs it every minute.
+- ``reconcile``: re-reads a look-back window behind the cursor and bills what
+  the ledger lacks (self-healing; the unique constraints make it safe).
+- ``backfill``: an explicit window of history, one UTC day per run, waiting
+  for the lock instead of skipping, so it interleaves with the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from billing.audit import Actor
+from billing.langfuse_source import LangfuseSource, Page
+from billing.ledger import MergeResult, group_by_trace, ledger_merge
+from billing.limiter import AdaptiveRateLimiter
+from billing.locks import tenant_sync_lock
+from billing.models import SyncCursor, SyncRun, Tenant
+from billing.progress import LogProgress, Progress
+from billing.provider_calls import (
+    CircuitBreaker,
+    ProviderAuthError,
+    ProviderCaller,
+    ProviderError,
+)
+from billing.services import tenant_pause_sync
+from billing.stripe_sink import reports_create, reports_send
+from billing.tenancy import tenant_context
+
+logger = logging.getLogger("billing.sync")
+
+# Re-read this much behind the cursor: observations become readable a little
+# after their start time (ingestion lag); the unique keys make it free.
+OVERLAP = timedelta(minutes=5)
+# A tenant's first sync reaches back as far as Stripe accepts meter events.
+INITIAL_LOOKBACK = timedelta(days=35)
+RECONCILE_LOOKBACK = timedelta(hours=24)
+# The unit of progress of a long read: the cursor moves once per slice.
+SLICE = timedelta(days=1)
+
+ProgressFactory = Callable[..., Progress]
+
+
+@dataclass
+class Clients:
+    """Optional client overrides (tests and benchmarks inject their own)."""
+
+    langfuse: object | None = None
+    stripe: object | None = None
+
+
+def _window(kind: str, tenant: Tenant, cursor: SyncCursor, now: datetime):
+    settled = now - timedelta(seconds=tenant.settle_seconds)
+    if kind == SyncRun.Kind.SYNC:
+        start = (
+            cursor.watermark - OVERLAP if cursor.watermark else now - INITIAL_LOOKBACK
+        )
+        return start, settled
+    # Reconcile: the stretch the cursor already calls complete.
+    end = min(cursor.watermark or settled, settled)
+    return end - RECONCILE_LOOKBACK, end
+
+
+def _ineligible_reason(tenant: Tenant, kind: str) -> str:
+    if not tenant.is_active:
+        return "tenant suspended"
+    if tenant.sync_paused_reason:
+        return f"sync paused: {tenant.sync_paused_reason}"
+    if kind == SyncRun.Kind.SYNC and not tenant.sync_enabled:
+        return "sync disabled"
+    if not tenant.has_langfuse_credentials:
+        return "no Langfuse credentials"
+    return ""
+
+
+def _save(run: SyncRun, fields: list[str]) -> None:
+    with tenant_context([run.tenant_id]):
+        run.save(update_fields=fields)
+
+
+COUNTER_FIELDS = [
+    "observations_fetched",
+    "traces_fetched",
+    "billed",
+    "skipped",
+    "healed",
+    "adjustments",
+    "failed",
+    "reports_created",
+    "reports_sent",
+    "langfuse_calls",
+    "stripe_calls",
+    "rate_limited",
+    "final_delay_ms",
+    "skip_reasons",
+]
+
+
+class _Run:
+    """One run of one tenant: its own limiters and breakers, never shared."""
+
+    def __init__(self, *, tenant: Tenant, run: SyncRun, clients: Clients) -> None:
+        self.tenant = tenant
+        self.run = run
+        self.langfuse = ProviderCaller(
+            "langfuse", AdaptiveRateLimiter(), CircuitBreaker()
+        )
+        self.stripe = ProviderCaller("stripe", AdaptiveRateLimiter(), CircuitBreaker())
+        self.source = LangfuseSource(
+            tenant=tenant, caller=self.langfuse, client=clients.langfuse
+        )
+        self.stripe_client = clients.stripe
+
+    def count_calls(self) -> None:
+        run = self.run
+        run.langfuse_calls = self.langfuse.limiter.calls
+        run.stripe_calls = self.stripe.limiter.calls
+        run.rate_limited = (
+            self.langfuse.limiter.rate_limited + self.stripe.limiter.rate_limited
+        )
+        run.final_delay_ms = round(self.langfuse.limiter.delay * 1000)
+
+    def read(self, *, start: datetime, end: datetime, progress: Progress) -> None:
+        """
+        Read [start, end) one slice at a time, advancing the cursor per slice.
+
+        Langfuse pages newest first, so a page says nothing about what older
+        observations are still to come; a whole slice does. A crash re-reads
+        at most one slice, and the unique keys make the re-read harmless.
+        """
+        advance_cursor = self.run.kind == SyncRun.Kind.SYNC and not self.run.dry_run
+        slice_start = start
+        while slice_start < end:
+            slice_end = min(end, slice_start + SLICE)
+            for page in self.source.pages(start=slice_start, end=slice_end):
+                traces = group_by_trace(page)
+                with tenant_context([self.tenant.pk]):
+                    result = ledger_merge(tenant=self.tenant, traces=traces)
+                    if self.run.dry_run:
+                        transaction.set_rollback(True)
+                self.count_page(page, traces, result)
+                progress.advance(traces=len(traces), position=None)
+            if advance_cursor:
+                with tenant_context([self.tenant.pk]):
+                    SyncCursor.objects.filter(tenant=self.tenant).update(
+                        watermark=slice_end
+                    )
+            progress.advance(traces=0, position=slice_end)
+            slice_start = slice_end
+
+    def count_page(self, page: Page, traces: dict, result: MergeResult) -> None:
+        run = self.run
+        run.observations_fetched += len(page.observations) + len(page.malformed)
+        run.traces_fetched += len(traces)
+        run.skipped += result.skipped
+        run.adjustments += result.adjustments
+        if run.kind == SyncRun.Kind.RECONCILE:
+            run.healed += result.created
+        reasons = dict(run.skip_reasons)
+        for reason, count in result.skip_reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+        orphans = sum(1 for _, trace_id, _ in page.malformed if not trace_id)
+        if orphans:
+            key = "observation without traceId"
+            reasons[key] = reasons.get(key, 0) + orphans
+        run.skip_reasons = reasons
+        self.count_calls()
+        _save(run, COUNTER_FIELDS)
+
+    def bill(self) -> None:
+        run = self.run
+        batched = reports_create(tenant=self.tenant)
+        run.reports_created = batched.reports
+        run.billed = batched.records
+        sent = reports_send(
+            tenant=self.tenant,
+            caller=self.stripe,
+            concurrency=self.tenant.sync_concurrency,
+            client=self.stripe_client,
+        )
+        run.reports_sent = sent.sent
+        run.failed = sent.failed
+        self.count_calls()
+        if sent.deferred:
+            raise _Deferred(f"{sent.deferred} report(s) left pending after retries")
+
+
+class _Deferred(Exception):
+    pass
+
+
+def sync_tenant(
+    *,
+    tenant_id: int,
+    kind: str = SyncRun.Kind.SYNC,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    dry_run: bool = False,
+    wait_for_lock: bool = False,
+    progress: ProgressFactory = LogProgress,
+    clients: Clients | None = None,
+) -> SyncRun | None:
+    """
+    Run one sync, reconcile or backfill of one tenant; None if another
+    process holds the tenant's lock (it is doing this work right now).
+    """
+    with tenant_sync_lock(tenant_id, wait=wait_for_lock) as acquired:
+        if not acquired:
+            logger.info("tenant %s: a sync is already running, skipped", tenant_id)
+            return None
+        tenant = Tenant.objects.get(pk=tenant_id)
+        now = timezone.now()
+        with tenant_context([tenant.pk]):
+            cursor, _ = SyncCursor.objects.get_or_create(tenant=tenant)
+            start, end = (
+                (since, until)
+                if since and until
+                else _window(kind, tenant, cursor, now)
+            )
+            run = SyncRun.objects.create(
+                tenant=tenant,
+                kind=kind,
+                dry_run=dry_run,
+                started_at=now,
+                window_start=start,
+                window_end=end,
+            )
+        reason = _ineligible_reason(tenant, kind)
+        if reason:
+            run.status, run.error, run.finished_at = SyncRun.Status.SKIPPED, reason, now
+            _save(run, ["status", "error", "finished_at"])
+            return run
+
+        work = _Run(tenant=tenant, run=run, clients=clients or Clients())
+        label = f"{kind} {tenant.slug}"
+        try:
+            with progress(label=label, start=start, end=end) as bar:
+                if start < end:
+                    work.read(start=start, end=end, progress=bar)
+            if not dry_run:
+                work.bill()
+            run.status = SyncRun.Status.SUCCEEDED
+        except ProviderAuthError as exc:
+            run.status, run.error = SyncRun.Status.FAILED, str(exc)
+            if exc.provider == "langfuse":
+                tenant_pause_sync(
+                    tenant_id=tenant.pk, reason=str(exc), actor=Actor.job()
+                )
+        except (ProviderError, _Deferred) as exc:
+            run.status, run.error = SyncRun.Status.FAILED, str(exc)
+        except Exception as exc:
+            # Record a sanitized trace of the failure, then let the job fail
+            # loudly; the exception text itself may quote a provider.
+            run.status = SyncRun.Status.FAILED
+            run.error = f"internal error: {type(exc).__name__}"
+            raise
+        finally:
+            work.count_calls()
+            run.finished_at = timezone.now()
+            _save(run, [*COUNTER_FIELDS, "status", "error", "finished_at"])
+            _log_summary(run, work)
+        return run
+
+
+def _log_summary(run: SyncRun, work: _Run) -> None:
+    reasons = ", ".join(f"{n} {why}" for why, n in sorted(run.skip_reasons.items()))
+    logger.info(
+        "%s %s: %s; %d traces fetched, %d billed, %d skipped%s, %d healed, "
+        "%d adjustments, %d/%d reports sent, %d failed; %d Langfuse and %d Stripe "
+        "calls, %d rate limited, final delay %d ms%s",
+        run.kind,
+        work.tenant.slug,
+        run.status,
+        run.traces_fetched,
+        run.billed,
+        run.skipped,
+        f" ({reasons})" if reasons else "",
+        run.healed,
+        run.adjustments,
+        run.reports_sent,
+        run.reports_created,
+        run.failed,
+        run.langfuse_calls,
+        run.stripe_calls,
+        run.rate_limited,
+        run.final_delay_ms,
+        f"; {run.error}" if run.error else "",
+    )
+
+
+def backfill_tenant(
+    *,
+    tenant_id: int,
+    since: datetime,
+    until: datetime,
+    dry_run: bool = False,
+    progress: ProgressFactory = LogProgress,
+    clients: Clients | None = None,
+) -> list[SyncRun]:
+    """Bill history one UTC day at a time, waiting for the tenant's lock."""
+    runs = []
+    day_start = datetime.combine(since.astimezone(UTC).date(), time.min, tzinfo=UTC)
+    while day_start < until:
+        day_end = day_start + timedelta(days=1)
+        run = sync_tenant(
+            tenant_id=tenant_id,
+            kind=SyncRun.Kind.BACKFILL,
+            since=max(since, day_start),
+            until=min(until, day_end),
+            dry_run=dry_run,
+            wait_for_lock=True,
+            progress=progress,
+            clients=clients,
+        )
+        runs.append(run)
+        if run.status != SyncRun.Status.SUCCEEDED:
+            break
+        day_start = day_end
+    return runs
+
+
+def eligible_tenant_ids(kind: str = SyncRun.Kind.SYNC) -> list[int]:
+    tenants = Tenant.objects.filter(status=Tenant.Status.ACTIVE, sync_paused_reason="")
+    if kind == SyncRun.Kind.SYNC:
+        tenants = tenants.filter(sync_enabled=True)
+    return list(tenants.exclude(langfuse_public_key="").values_list("pk", flat=True))
+
+
+def sync_tenants(
+    tenant_ids: list[int], *, concurrency: int = 4, **options
+) -> list[SyncRun | None]:
+    """
+    Sync several tenants in parallel threads, each with its own connection,
+    limiter and breaker: one tenant's failures never slow another's run.
+    """
+
+    def one(tenant_id: int) -> SyncRun | None:
+        try:
+            return sync_tenant(tenant_id=tenant_id, **options)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        return list(pool.map(one, tenant_ids))
