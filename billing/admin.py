@@ -72,7 +72,9 @@ class TenantAdminForm(forms.ModelForm):
         model = Tenant
         fields = TENANT_FIELDS
         # Django 6's default, adopted now: a URL typed without scheme is https.
-        field_classes = {"langfuse_host": partial(forms.URLField, assume_scheme="https")}
+        field_classes = {
+            "langfuse_host": partial(forms.URLField, assume_scheme="https")
+        }
 
 
 @admin.register(Tenant)

@@ -116,6 +116,7 @@ class Page:
     observations: list[Observation] = field(default_factory=list)
     # (observation id, trace id or "", reason)
     malformed: list[tuple[str, str, str]] = field(default_factory=list)
+    oldest_start: datetime | None = None
 
 
 def langfuse_client(tenant: Tenant) -> LangfuseAPI:
@@ -165,6 +166,8 @@ class LangfuseSource:
                     page.observations.append(parse_observation(raw))
                 except MalformedObservation as exc:
                     page.malformed.append((raw.id, raw.trace_id or "", str(exc)))
+                if page.oldest_start is None or raw.start_time < page.oldest_start:
+                    page.oldest_start = raw.start_time
             yield page
             cursor = response.meta.cursor
             if not cursor or not response.data:

@@ -2,8 +2,8 @@
 Progress of a long sync: a bar on a terminal, rate / percent / heartbeat logs
 everywhere else (seed 001: operators watched a silent sync and assumed a hang).
 
-Percent is by time: observations arrive ordered by start time, so how far the
-last page got into the window is how far the run is.
+Percent is by time: Langfuse pages newest first, so how far back in the
+window the last page reached is how far the run is.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Progress:
         self.traces += traces
         if position is not None:
             span = (self.end - self.start).total_seconds() or 1.0
-            done = (position - self.start).total_seconds() / span
+            done = (self.end - position).total_seconds() / span
             self.percent = max(self.percent, min(100.0, 100.0 * done))
 
     @property

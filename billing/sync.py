@@ -53,8 +53,6 @@ OVERLAP = timedelta(minutes=5)
 # A tenant's first sync reaches back as far as Stripe accepts meter events.
 INITIAL_LOOKBACK = timedelta(days=35)
 RECONCILE_LOOKBACK = timedelta(hours=24)
-# The unit of progress of a long read: the cursor moves once per slice.
-SLICE = timedelta(days=1)
 
 ProgressFactory = Callable[..., Progress]
 
@@ -140,31 +138,26 @@ class _Run:
 
     def read(self, *, start: datetime, end: datetime, progress: Progress) -> None:
         """
-        Read [start, end) one slice at a time, advancing the cursor per slice.
+        Read [start, end) in one cursor pass; move the sync cursor at the end.
 
-        Langfuse pages newest first, so a page says nothing about what older
-        observations are still to come; a whole slice does. A crash re-reads
-        at most one slice, and the unique keys make the re-read harmless.
+        Langfuse pages newest first, so no page says that everything older is
+        done; only the end of the pass does. A crash re-reads the window,
+        which the unique keys make harmless, and one pass keeps the calls at
+        one per 1000 observations (slicing the window would cost a call per
+        slice, empty or not).
         """
-        advance_cursor = self.run.kind == SyncRun.Kind.SYNC and not self.run.dry_run
-        slice_start = start
-        while slice_start < end:
-            slice_end = min(end, slice_start + SLICE)
-            for page in self.source.pages(start=slice_start, end=slice_end):
-                traces = group_by_trace(page)
-                with tenant_context([self.tenant.pk]):
-                    result = ledger_merge(tenant=self.tenant, traces=traces)
-                    if self.run.dry_run:
-                        transaction.set_rollback(True)
-                self.count_page(page, traces, result)
-                progress.advance(traces=len(traces), position=None)
-            if advance_cursor:
-                with tenant_context([self.tenant.pk]):
-                    SyncCursor.objects.filter(tenant=self.tenant).update(
-                        watermark=slice_end
-                    )
-            progress.advance(traces=0, position=slice_end)
-            slice_start = slice_end
+        for page in self.source.pages(start=start, end=end):
+            traces = group_by_trace(page)
+            with tenant_context([self.tenant.pk]):
+                result = ledger_merge(tenant=self.tenant, traces=traces)
+                if self.run.dry_run:
+                    transaction.set_rollback(True)
+            self.count_page(page, traces, result)
+            # Newest first: the oldest start seen is how far back we got.
+            progress.advance(traces=len(traces), position=page.oldest_start)
+        if self.run.kind == SyncRun.Kind.SYNC and not self.run.dry_run:
+            with tenant_context([self.tenant.pk]):
+                SyncCursor.objects.filter(tenant=self.tenant).update(watermark=end)
 
     def count_page(self, page: Page, traces: dict, result: MergeResult) -> None:
         run = self.run

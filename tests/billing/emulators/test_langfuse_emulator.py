@@ -7,11 +7,10 @@ the generated client from retrying (and sleeping) on 429 and 5xx.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Any
-
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -506,9 +505,7 @@ def test_late_observations_stay_hidden_until_visible(
     monkeypatch.setattr(emulator, "clock", lambda: now + 60)
     after = read_all(api)
 
-    assert [item.id for item in before] == [
-        f"obs-{i:05d}" for i in reversed(range(10))
-    ]
+    assert [item.id for item in before] == [f"obs-{i:05d}" for i in reversed(range(10))]
     assert [item.id for item in after] == [
         *(f"obs-{i:05d}" for i in reversed(range(5, 10))),
         "obs-00010",
@@ -696,9 +693,7 @@ class Tenants:
 
 def newest_first_ids(scenario: Scenario, slug: str) -> list[str]:
     """The ids of a tenant's visible observations in the order Langfuse serves."""
-    observations = scenario.iter_observations(
-        scenario.tenant(slug), include_late=False
-    )
+    observations = scenario.iter_observations(scenario.tenant(slug), include_late=False)
     keys = [(to_micros(parse_timestamp(o["startTime"])), o["id"]) for o in observations]
     return [observation_id for _, observation_id in sorted(keys, reverse=True)]
 
@@ -800,9 +795,7 @@ def test_key_faults_slow_down_only_their_key(emulator, tenants):
 
 
 def test_key_faults_corrupt_only_their_key(emulator, tenants):
-    emulator.key_faults[tenants.failing.public_key] = Faults(
-        rate_malformed=1.0, seed=3
-    )
+    emulator.key_faults[tenants.failing.public_key] = Faults(rate_malformed=1.0, seed=3)
 
     corrupted = read_all(tenants.failing_api, limit=1000, fields="core,usage")
     clean = read_all(tenants.healthy_api, limit=1000, fields="core,usage")

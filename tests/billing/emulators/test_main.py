@@ -236,12 +236,14 @@ def test_help_exits_zero():
 
 
 def test_runs_without_django():
-    code = (
-        "import sys, billing.emulators.__main__; "
-        "sys.exit(sorted(m for m in sys.modules if m.split('.')[0] == 'django'))"
-    )
     result = subprocess.run(
-        [sys.executable, "-c", code],
+        [
+            sys.executable,
+            "-c",
+            "import sys, billing.emulators.__main__; "
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'django'); "
+            "assert not loaded, loaded",
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -270,9 +272,16 @@ RUN_WITH_CTRL_C = (
     ids=["ctrl-c", "sigterm"],
 )
 def test_module_serves_until_stopped(command, stop_signal):
-    process = subprocess.Popen(
-        [sys.executable, *command, "--langfuse-port", "0", "--stripe-port", "0"]
-        + SMALL,
+    process = subprocess.Popen(  # noqa: S603 - our interpreter, our arguments
+        [
+            sys.executable,
+            *command,
+            "--langfuse-port",
+            "0",
+            "--stripe-port",
+            "0",
+            *SMALL,
+        ],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -288,8 +297,15 @@ def test_module_serves_until_stopped(command, stop_signal):
             if line.startswith("Serving until Ctrl-C"):
                 break
         text = "".join(banner)
-        urls = dict(re.findall(r"^(Langfuse|Stripe) emulator\s+(http://\S+)$", text, re.M))
+        urls = dict(
+            re.findall(r"^(Langfuse|Stripe) emulator\s+(http://\S+)$", text, re.M)
+        )
         health = httpx.get(urls["Langfuse"] + "/api/public/health", timeout=5)
+        customers = httpx.get(
+            urls["Stripe"] + "/v1/customers",
+            headers={"Authorization": "Bearer sk_test_emulator"},
+            timeout=5,
+        )
         process.send_signal(stop_signal)
         out, err = process.communicate(timeout=10)
     finally:
@@ -298,6 +314,7 @@ def test_module_serves_until_stopped(command, stop_signal):
         process.wait()
 
     assert health.json()["status"] == "OK"
+    assert customers.json()["data"] == []
     assert "Stripe API key     sk_test_emulator" in text
     assert re.search(r"^  acme\s+pk-lf-acme-\w+\s+sk-lf-\w+$", text, re.M)
     assert re.search(r"^  globex\s+pk-lf-globex-\w+\s+sk-lf-\w+$", text, re.M)

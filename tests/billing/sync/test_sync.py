@@ -68,7 +68,9 @@ def test_cursor_advances_and_the_next_sync_reads_only_new_usage(world):
 
 def test_unknown_model_uses_langfuse_cost_and_no_cost_is_skipped(world):
     tenant = world.tenant("acme")
-    priced = world.trace(tenant, generations=[("acme-distilled-v2", 100, 100, 0, 0.0123)])
+    priced = world.trace(
+        tenant, generations=[("acme-distilled-v2", 100, 100, 0, 0.0123)]
+    )
     unpriced = world.trace(tenant, generations=[("local-llama-3-8b-ft", 100, 100, 0)])
     normal = world.trace(tenant)
 
@@ -79,10 +81,15 @@ def test_unknown_model_uses_langfuse_cost_and_no_cost_is_skipped(world):
     assert str(fallback.cost) == "0.0123000000"
     skipped = _records(tenant).get(trace_id=unpriced)
     assert skipped.status == "skipped"
-    assert "unknown model 'local-llama-3-8b-ft' and no Langfuse cost" in skipped.skip_reason
+    assert (
+        "unknown model 'local-llama-3-8b-ft' and no Langfuse cost"
+        in skipped.skip_reason
+    )
     assert _records(tenant).get(trace_id=normal).status == "reported"
     assert run.skipped == 1
-    assert run.skip_reasons == {"unknown model 'local-llama-3-8b-ft' and no Langfuse cost": 1}
+    assert run.skip_reasons == {
+        "unknown model 'local-llama-3-8b-ft' and no Langfuse cost": 1
+    }
 
 
 def test_malformed_observations_are_skipped_with_a_reason_and_the_rest_bills(world):
@@ -113,7 +120,10 @@ def test_malformed_observations_are_skipped_with_a_reason_and_the_rest_bills(wor
     ) == set(good)
     skipped = _records(tenant).get(trace_id=bad)
     assert skipped.status == "skipped"
-    assert skipped.skip_reason == f"malformed observation {bad}-gen-0: negative token count"
+    assert (
+        skipped.skip_reason
+        == f"malformed observation {bad}-gen-0: negative token count"
+    )
     assert run.skip_reasons == {
         "negative token count": 1,
         "observation without traceId": 1,
@@ -193,4 +203,6 @@ def test_rounding_is_carried_so_no_money_is_lost_or_invented(world, batches):
 
     assert StripeReport.objects.count() == batches
     total_micro = 21 * 4 * 0.15  # 12.6 micro-USD
-    assert world.stripe_total(tenant) == int(total_micro) == world.ledger_micro_usd(tenant)
+    assert (
+        world.stripe_total(tenant) == int(total_micro) == world.ledger_micro_usd(tenant)
+    )

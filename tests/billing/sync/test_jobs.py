@@ -1,0 +1,62 @@
+import django_rq
+import pytest
+from rq import SimpleWorker
+from rq.cron import CronScheduler
+
+from billing.jobs import reconcile_all_tenants, sync_all_tenants
+from billing.models import SyncRun, UsageRecord
+
+
+@pytest.fixture
+def queue():
+    queue = django_rq.get_queue("default")
+    queue.connection.flushdb()
+    yield queue
+    queue.connection.flushdb()
+
+
+def test_the_scheduler_fans_out_one_job_per_tenant_and_a_worker_runs_them(world, queue):
+    acme, globex = world.tenant("acme"), world.tenant("globex")
+    paused = world.tenant("paused", sync_paused_reason="langfuse: HTTP 401")
+    for tenant in (acme, globex, paused):
+        world.trace(tenant)
+
+    assert sorted(sync_all_tenants()) == sorted([acme.pk, globex.pk])
+    # A second scheduler tick before the worker catches up adds nothing.
+    assert sync_all_tenants() == []
+    assert queue.count == 2
+
+    worker = SimpleWorker([queue], connection=queue.connection)
+    worker.work(burst=True)
+
+    runs = SyncRun.objects.order_by("tenant_id")
+    assert [(r.tenant_id, r.kind, r.status) for r in runs] == [
+        (acme.pk, "sync", "succeeded"),
+        (globex.pk, "sync", "succeeded"),
+    ]
+    assert UsageRecord.objects.filter(status="reported").count() == 2
+    assert not UsageRecord.objects.filter(tenant=paused).exists()
+    job = queue.fetch_job(f"billing-sync-{acme.pk}")
+    assert job.return_value() == {
+        "tenant_id": acme.pk,
+        "sync_run_id": runs[0].pk,
+        "status": "succeeded",
+        "billed": 1,
+        "skipped": 0,
+        "healed": 0,
+    }
+
+
+def test_reconcile_jobs_are_their_own_kind(world, queue):
+    acme = world.tenant("acme")
+    assert reconcile_all_tenants() == [acme.pk]
+    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    assert SyncRun.objects.get().kind == "reconcile"
+
+
+def test_the_cron_schedule_registers_sync_every_minute_and_hourly_reconcile(queue):
+    scheduler = CronScheduler(connection=queue.connection)
+    scheduler.load_config_from_file("billing_project.cron")
+    jobs = {job.func.__name__: job for job in scheduler.get_jobs()}
+    assert jobs["sync_all_tenants"].interval == 60
+    assert jobs["reconcile_all_tenants"].cron == "17 * * * *"
