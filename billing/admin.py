@@ -17,7 +17,9 @@ from django.http import HttpRequest
 
 from billing.audit import Actor
 from billing.models import (
+    AnalyticsRun,
     AuditLog,
+    CostSummary,
     Membership,
     StripeReport,
     SyncCursor,
@@ -377,3 +379,46 @@ class SyncCursorAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdm
         "billed_units",
         "updated_at",
     ]
+
+
+@admin.register(CostSummary)
+class CostSummaryAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "period_start",
+        "tenant",
+        "scope_type",
+        "project_id",
+        "scope_id",
+        "trace_count",
+        "cost",
+        "computed_at",
+    ]
+    list_filter = ["scope_type", "tenant"]
+    search_fields = ["scope_id", "project_id"]
+    date_hierarchy = "period_start"
+    list_select_related = ["tenant"]
+
+
+@admin.register(AnalyticsRun)
+class AnalyticsRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "started_at",
+        "kind",
+        "status",
+        "period_start",
+        "period_end",
+        "tenant",
+        "duration_ms",
+        "summaries_written",
+        "scopes_examined",
+        "anomalies_created",
+        "anomalies_updated",
+        "anomalies_reopened",
+        "error",
+    ]
+    list_filter = ["kind", "status"]
+    date_hierarchy = "started_at"
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        # Runs span tenants: platform operators only.
+        return request.user.is_superuser

@@ -19,16 +19,16 @@ from django.db import connection
 # The first key of the two-int advisory lock: this app's namespace for syncs.
 SYNC_LOCK_NAMESPACE = 0x5E1C
 
-_local_locks: dict[int, threading.Lock] = {}
+_local_locks: dict[tuple[int, int], threading.Lock] = {}
 _local_guard = threading.Lock()
 
 
 @contextmanager
-def tenant_sync_lock(tenant_id: int, *, wait: bool = False) -> Iterator[bool]:
-    """Yield True when this process now holds the tenant's sync lock."""
+def advisory_lock(namespace: int, key: int, *, wait: bool = False) -> Iterator[bool]:
+    """Yield True when this process now holds the (namespace, key) lock."""
     if connection.vendor != "postgresql":
         with _local_guard:
-            lock = _local_locks.setdefault(tenant_id, threading.Lock())
+            lock = _local_locks.setdefault((namespace, key), threading.Lock())
         acquired = lock.acquire(blocking=wait)
         try:
             yield acquired
@@ -39,14 +39,16 @@ def tenant_sync_lock(tenant_id: int, *, wait: bool = False) -> Iterator[bool]:
 
     function = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {function}(%s, %s)", [SYNC_LOCK_NAMESPACE, tenant_id])
+        cursor.execute(f"SELECT {function}(%s, %s)", [namespace, key])
         acquired = wait or cursor.fetchone()[0]
     try:
         yield acquired
     finally:
         if acquired:
             with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT pg_advisory_unlock(%s, %s)",
-                    [SYNC_LOCK_NAMESPACE, tenant_id],
-                )
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [namespace, key])
+
+
+def tenant_sync_lock(tenant_id: int, *, wait: bool = False):
+    """One sync (or backfill day) per tenant at a time."""
+    return advisory_lock(SYNC_LOCK_NAMESPACE, tenant_id, wait=wait)

@@ -449,7 +449,8 @@ def _plan_tenant(
     series = (
         ("spike", spike_agent, spike_project, None),
         ("drop", drop_agent, drop_project, drop_user),
-        ("missing", _STEADY_AGENT, None, None),
+        # An agent lives in one project, so its steady cost is one scope's.
+        ("missing", _STEADY_AGENT, tenant.projects[0], None),
     )
     plans: list[_Plan] = []
     for name, agent, project, user in series:

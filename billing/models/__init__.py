@@ -1,3 +1,4 @@
+from billing.models.costs import AnalyticsRun, CostSummary, ScopeType
 from billing.models.ledger import (
     StripeReport,
     SyncCursor,
@@ -8,8 +9,11 @@ from billing.models.ledger import (
 from billing.models.tenants import AuditLog, Membership, Tenant
 
 __all__ = [
+    "AnalyticsRun",
     "AuditLog",
+    "CostSummary",
     "Membership",
+    "ScopeType",
     "StripeReport",
     "SyncCursor",
     "SyncRun",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
@@ -65,6 +67,14 @@ class Tenant(models.Model):
     # Set when the provider rejects the tenant's credentials (401/403); the
     # scheduler skips the tenant until an operator resumes it.
     sync_paused_reason = models.TextField(blank=True)
+    # Cohort rule (seed 004): a scope costing more than high x, or less than
+    # low x, the average of its peers that day is an anomaly.
+    anomaly_high_ratio = models.DecimalField(
+        max_digits=8, decimal_places=3, default=Decimal("3")
+    )
+    anomaly_low_ratio = models.DecimalField(
+        max_digits=8, decimal_places=3, default=Decimal("0.1")
+    )
     sync_paused_at = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
@@ -80,6 +90,12 @@ class Tenant(models.Model):
             models.CheckConstraint(
                 condition=Q(meter_unit__in=["micro_usd", "tokens"]),
                 name="tenant_meter_unit_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(anomaly_low_ratio__gt=0)
+                & Q(anomaly_low_ratio__lt=1)
+                & Q(anomaly_high_ratio__gt=1),
+                name="tenant_anomaly_ratios_valid",
             ),
         ]
 

@@ -5,13 +5,16 @@ without a Langfuse or Stripe account.
 Starts the Langfuse and Stripe emulators in this process, fills Langfuse with
 seeded usage, creates (or refreshes) one tenant per generated Langfuse project
 with a Stripe customer, an admin login and a tenant-scoped operator login,
-runs the sync, prints a summary, then serves the admin while the emulators
-keep running. Safe to run again: tenants are matched by slug.
+runs the sync, rolls the costs up and detects anomalies (the generated usage
+carries a cost spike, a cost drop and a scope that stops), prints a summary,
+then serves the admin while the emulators keep running. Safe to run again:
+tenants are matched by slug, and rollup and detection are idempotent.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -22,6 +25,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Sum
 from django.utils import timezone
 
+from anomalies.models import AnomalyType, CostAnomaly
+from anomalies.pipeline import detect_days, rollup_days
 from billing.audit import Actor
 from billing.emulators.base import EmulatorServer
 from billing.emulators.langfuse import LangfuseEmulator
@@ -29,6 +34,7 @@ from billing.emulators.scenario import generate_scenario
 from billing.emulators.stripe import StripeEmulator
 from billing.models import Membership, StripeReport, Tenant, UsageRecord
 from billing.models.tenants import DEFAULT_METER_EVENT_NAME
+from billing.rollup import days_between
 from billing.services import membership_set, tenant_create, tenant_update
 from billing.stripe_sink import stripe_client
 from billing.sync import eligible_tenant_ids, sync_tenants
@@ -45,7 +51,8 @@ class Command(BaseCommand):
         parser.add_argument("--no-serve", action="store_true")
         parser.add_argument("--seed", type=int, default=42)
         parser.add_argument("--tenants", type=int, default=3)
-        parser.add_argument("--traces", type=int, default=200, help="per tenant")
+        # Enough traffic per scope and day for the anomaly rules to judge.
+        parser.add_argument("--traces", type=int, default=2000, help="per tenant")
         parser.add_argument("--days", type=int, default=14)
         parser.add_argument("--langfuse-port", type=int, default=8010)
 
@@ -118,6 +125,7 @@ class Command(BaseCommand):
         # SQLite is single-writer: the demo syncs tenants one after another.
         runs = sync_tenants(eligible_tenant_ids(), concurrency=1)
         self._summary(runs, stripe_emulator)
+        self._analytics(scenario)
 
         self.stdout.write("")
         self.stdout.write(f"Admin:    http://127.0.0.1:{options['port']}/admin/")
@@ -148,6 +156,24 @@ class Command(BaseCommand):
                 )
             )
         return password
+
+    def _analytics(self, scenario) -> None:
+        days = days_between(scenario.window_start.date(), timezone.now().date())
+        rollup = rollup_days(days)
+        detect = detect_days(days)
+        self.stdout.write("")
+        self.stdout.write(
+            f"Rollup: {rollup.summaries_written} summaries over {len(days)} days; "
+            f"detection: {detect.anomalies_created} new anomalies"
+        )
+        found = Counter(CostAnomaly.objects.values_list("anomaly_type", flat=True))
+        for kind in AnomalyType.values:
+            self.stdout.write(f"  {kind:<18} {found.get(kind, 0)}")
+        missing = [kind for kind in AnomalyType.values if not found.get(kind)]
+        if missing:
+            raise CommandError(
+                f"The demo data should produce every anomaly type; none of {missing}."
+            )
 
     def _summary(self, runs, stripe_emulator: StripeEmulator) -> None:
         self.stdout.write("")

@@ -1,0 +1,260 @@
+"""
+Every change to a cost anomaly, each one audited in the same transaction.
+
+Review actions (acknowledge, resolve, reopen) are conditional UPDATEs, so two
+operators clicking at once change an anomaly once. Detection results go
+through ``anomalies_record``: new findings are created, open ones updated in
+place, and resolved ones left alone unless the numbers got materially worse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+
+from django.db import transaction
+from django.utils import timezone
+
+from anomalies.detectors import Finding
+from anomalies.models import AnomalyStatus, CostAnomaly, ResolutionReason
+from anomalies.selectors import top_contributors
+from billing.audit import Actor, audit_log_write
+
+# A resolved anomaly reopens only when its severity (how far from expected,
+# either way) is at least this much worse than when it was resolved.
+MATERIAL_WORSENING = Decimal("1.5")
+
+ACKNOWLEDGEABLE = (AnomalyStatus.OPEN,)
+RESOLVABLE = (AnomalyStatus.OPEN, AnomalyStatus.ACKNOWLEDGED)
+
+
+class InvalidTransition(Exception):
+    """The anomaly is not in a state that allows this action."""
+
+
+def ratio_of(observed: Decimal, expected: Decimal) -> Decimal | None:
+    if not expected:
+        return None
+    return (observed / expected).quantize(Decimal("1e-6"))
+
+
+def severity(*, observed: Decimal, expected: Decimal) -> Decimal:
+    """How far from expected, either way: 10x and 0.1x are both 10."""
+    ratio = ratio_of(observed, expected)
+    if ratio is None:
+        return observed
+    if ratio == 0:
+        return expected  # missing data: what went missing
+    return max(ratio, 1 / ratio).quantize(Decimal("1e-6"))
+
+
+def _snapshot(anomaly: CostAnomaly) -> dict:
+    return {
+        "status": anomaly.status,
+        "observed": str(anomaly.observed),
+        "expected": str(anomaly.expected),
+        "ratio": None if anomaly.ratio is None else str(anomaly.ratio),
+    }
+
+
+def _transition(
+    *,
+    anomaly_id: int,
+    allowed: Iterable[str],
+    changes: dict,
+    action: str,
+    actor: Actor,
+    note: str = "",
+) -> CostAnomaly:
+    before = CostAnomaly.objects.get(pk=anomaly_id)
+    updated = CostAnomaly.objects.filter(
+        pk=anomaly_id, status__in=list(allowed)
+    ).update(**changes)
+    if not updated:
+        raise InvalidTransition(
+            f"Cannot {action.split('.')[-1]} an anomaly that is {before.status}."
+        )
+    anomaly = CostAnomaly.objects.get(pk=anomaly_id)
+    after = _snapshot(anomaly)
+    if anomaly.resolution_reason:
+        after["resolution_reason"] = anomaly.resolution_reason
+    audit_log_write(
+        actor=actor,
+        action=action,
+        obj=anomaly,
+        tenant=anomaly.tenant,
+        before=_snapshot(before),
+        after=after,
+        note=note,
+    )
+    return anomaly
+
+
+@transaction.atomic
+def anomaly_acknowledge(
+    *, anomaly_id: int, actor: Actor, note: str = ""
+) -> CostAnomaly:
+    changes = {"status": AnomalyStatus.ACKNOWLEDGED}
+    if actor.user is not None:
+        changes["assignee"] = actor.user
+    return _transition(
+        anomaly_id=anomaly_id,
+        allowed=ACKNOWLEDGEABLE,
+        changes=changes,
+        action="anomaly.acknowledge",
+        actor=actor,
+        note=note,
+    )
+
+
+@transaction.atomic
+def anomaly_resolve(
+    *, anomaly_id: int, actor: Actor, reason: str, note: str = ""
+) -> CostAnomaly:
+    """Resolve an open or acknowledged anomaly with a reason."""
+    if reason not in ResolutionReason.values:
+        raise ValueError(f"Unknown resolution reason: {reason!r}")
+    current = CostAnomaly.objects.get(pk=anomaly_id)
+    return _transition(
+        anomaly_id=anomaly_id,
+        allowed=RESOLVABLE,
+        changes={
+            "status": AnomalyStatus.RESOLVED,
+            "resolution_reason": reason,
+            "resolution_note": note,
+            "resolved_by": actor.user,
+            "resolved_at": timezone.now(),
+            "resolved_severity": severity(
+                observed=current.observed, expected=current.expected
+            ),
+        },
+        action="anomaly.resolve",
+        actor=actor,
+        note=note,
+    )
+
+
+@transaction.atomic
+def anomaly_reopen(*, anomaly_id: int, actor: Actor, note: str = "") -> CostAnomaly:
+    return _transition(
+        anomaly_id=anomaly_id,
+        allowed=(AnomalyStatus.RESOLVED,),
+        changes={
+            "status": AnomalyStatus.OPEN,
+            "resolution_reason": "",
+            "resolved_by": None,
+            "resolved_at": None,
+        },
+        action="anomaly.reopen",
+        actor=actor,
+        note=note,
+    )
+
+
+def _key(tenant_id, scope_type, project_id, scope_id, anomaly_type) -> tuple:
+    return (tenant_id, scope_type, project_id, scope_id, anomaly_type)
+
+
+class RecordResult:
+    def __init__(self) -> None:
+        self.created = self.updated = self.reopened = 0
+
+
+@transaction.atomic
+def anomalies_record(
+    *, day: date, findings: list[Finding], actor: Actor
+) -> RecordResult:
+    """
+    Write one day's findings. New: created open. Open or acknowledged: numbers
+    updated in place (audited when they change). Resolved: untouched, unless
+    the severity is MATERIAL_WORSENING times what it was when resolved; then
+    reopened with an audited note saying so.
+    """
+    start = datetime.combine(day, time.min, tzinfo=UTC)
+    now = timezone.now()
+    result = RecordResult()
+    existing = {
+        _key(a.tenant_id, a.scope_type, a.project_id, a.scope_id, a.anomaly_type): a
+        for a in CostAnomaly.objects.filter(
+            period_start=start, tenant_id__in={f.tenant_id for f in findings}
+        ).select_for_update()
+    }
+    for finding in findings:
+        key = _key(
+            finding.tenant_id,
+            finding.scope_type,
+            finding.project_id,
+            finding.scope_id,
+            finding.anomaly_type,
+        )
+        ratio = ratio_of(finding.observed, finding.expected)
+        anomaly = existing.get(key)
+        if anomaly is None:
+            anomaly = CostAnomaly.objects.create(
+                tenant_id=finding.tenant_id,
+                summary_id=finding.summary_id,
+                scope_type=finding.scope_type,
+                project_id=finding.project_id,
+                scope_id=finding.scope_id,
+                period_start=start,
+                period_end=start + timedelta(days=1),
+                anomaly_type=finding.anomaly_type,
+                observed=finding.observed,
+                expected=finding.expected,
+                ratio=ratio,
+                top_contributors=top_contributors(finding, day),
+                first_detected_at=now,
+                last_detected_at=now,
+            )
+            audit_log_write(
+                actor=actor,
+                action="anomaly.detect",
+                obj=anomaly,
+                tenant=anomaly.tenant,
+                after=_snapshot(anomaly),
+            )
+            result.created += 1
+            continue
+
+        before = _snapshot(anomaly)
+        if anomaly.status == AnomalyStatus.RESOLVED:
+            worse = severity(observed=finding.observed, expected=finding.expected)
+            if worse < (anomaly.resolved_severity or 0) * MATERIAL_WORSENING:
+                continue
+            note = (
+                f"re-detected materially worse: severity {worse} vs "
+                f"{anomaly.resolved_severity} when resolved"
+            )
+            anomaly.status = AnomalyStatus.OPEN
+            anomaly.resolution_reason = ""
+            anomaly.resolved_by = None
+            anomaly.resolved_at = None
+            action = "anomaly.reopen"
+            result.reopened += 1
+        elif (anomaly.observed, anomaly.expected) == (
+            finding.observed,
+            finding.expected,
+        ):
+            CostAnomaly.objects.filter(pk=anomaly.pk).update(last_detected_at=now)
+            continue
+        else:
+            note, action = "", "anomaly.redetect"
+            result.updated += 1
+        anomaly.observed = finding.observed
+        anomaly.expected = finding.expected
+        anomaly.ratio = ratio
+        anomaly.summary_id = finding.summary_id
+        anomaly.top_contributors = top_contributors(finding, day)
+        anomaly.last_detected_at = now
+        anomaly.save()
+        audit_log_write(
+            actor=actor,
+            action=action,
+            obj=anomaly,
+            tenant=anomaly.tenant,
+            before=before,
+            after=_snapshot(anomaly),
+            note=note,
+        )
+    return result

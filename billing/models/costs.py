@@ -1,0 +1,137 @@
+"""
+Daily cost summaries per tenant and scope, and the runs that compute them.
+
+A summary row is one scope's totals for one UTC day. Agents and epics are
+scoped within their project (``project_id``), because the anomaly rules
+compare an agent with the other agents of its project; projects and users
+have an empty ``project_id``.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import F, Q
+
+from billing.tenancy import TenantOwnedModel
+
+MONEY = {"max_digits": 20, "decimal_places": 10}
+
+
+class ScopeType(models.TextChoices):
+    PROJECT = "project", "Project"
+    AGENT = "agent", "Agent"
+    EPIC = "epic", "Epic"
+    USER = "user", "User"
+
+
+class CostSummary(TenantOwnedModel):
+    scope_type = models.CharField(max_length=16, choices=ScopeType.choices)
+    project_id = models.CharField(max_length=200, blank=True)
+    scope_id = models.CharField(max_length=200)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    trace_count = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    cost = models.DecimalField(default=0, **MONEY)
+    # {model: {"cost": "1.23", "input": n, "output": n, "cached": n, "traces": n}}
+    model_breakdown = models.JSONField(default=dict, blank=True)
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-period_start", "scope_type", "scope_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "tenant",
+                    "scope_type",
+                    "project_id",
+                    "scope_id",
+                    "period_start",
+                ],
+                name="cost_summary_unique_scope_period",
+            ),
+            models.CheckConstraint(
+                condition=Q(scope_type__in=["project", "agent", "epic", "user"]),
+                name="cost_summary_scope_type_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(cost__gte=0)
+                & Q(trace_count__gte=0)
+                & Q(input_tokens__gte=0)
+                & Q(output_tokens__gte=0)
+                & Q(cached_tokens__gte=0),
+                name="cost_summary_totals_gte_0",
+            ),
+            models.CheckConstraint(
+                condition=Q(period_end__gt=F("period_start")),
+                name="cost_summary_period_end_after_start",
+            ),
+        ]
+        indexes = [models.Index(fields=["period_start", "tenant"])]
+
+    def __str__(self) -> str:
+        return f"{self.scope_type} {self.scope_id} on {self.period_start:%Y-%m-%d}"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens + self.cached_tokens
+
+
+class AnalyticsRun(models.Model):
+    """One rollup or detection pass over a range of days (all tenants or one)."""
+
+    class Kind(models.TextChoices):
+        ROLLUP = "rollup", "Rollup"
+        DETECT = "detect", "Anomaly detection"
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped (already running)"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.RUNNING
+    )
+    tenant = models.ForeignKey(
+        "billing.Tenant",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+    summaries_written = models.PositiveIntegerField(default=0)
+    scopes_examined = models.PositiveIntegerField(default=0)
+    anomalies_created = models.PositiveIntegerField(default=0)
+    anomalies_updated = models.PositiveIntegerField(default=0)
+    anomalies_reopened = models.PositiveIntegerField(default=0)
+    job_id = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind__in=["rollup", "detect"]),
+                name="analytics_run_kind_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=["running", "succeeded", "failed", "skipped"]),
+                name="analytics_run_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(period_end__gt=F("period_start")),
+                name="analytics_run_period_end_after_start",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.period_start:%Y-%m-%d}..{self.period_end:%Y-%m-%d}"
