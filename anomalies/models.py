@@ -13,9 +13,8 @@ from django.db import models
 from django.db.models import Q
 
 from billing.models import CostSummary, ScopeType
+from billing.models.ledger import MONEY
 from billing.tenancy import TenantOwnedModel
-
-MONEY = {"max_digits": 20, "decimal_places": 10}
 
 
 class AnomalyType(models.TextChoices):

@@ -1,3 +1,4 @@
+import django_rq
 import pytest
 from django.db import connection
 
@@ -53,3 +54,12 @@ def as_app_role(db):
             cursor.execute(f"SET LOCAL ROLE {APP_ROLE}")
 
     return switch
+
+
+@pytest.fixture
+def queue():
+    """The default RQ queue on the test Redis database, emptied around a test."""
+    queue = django_rq.get_queue("default")
+    queue.connection.flushdb()
+    yield queue
+    queue.connection.flushdb()

@@ -12,9 +12,8 @@ from __future__ import annotations
 from django.db import models
 from django.db.models import F, Q
 
+from billing.models.ledger import MONEY
 from billing.tenancy import TenantOwnedModel
-
-MONEY = {"max_digits": 20, "decimal_places": 10}
 
 
 class ScopeType(models.TextChoices):

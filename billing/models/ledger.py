@@ -26,6 +26,21 @@ class BillingStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+def billing_status_constraints(prefix: str) -> list[models.CheckConstraint]:
+    """Valid statuses, and "reported" exactly when a report carries the row."""
+    return [
+        models.CheckConstraint(
+            condition=Q(status__in=BillingStatus.values),
+            name=f"{prefix}_status_valid",
+        ),
+        models.CheckConstraint(
+            condition=Q(status="reported", report__isnull=False)
+            | (~Q(status="reported") & Q(report__isnull=True)),
+            name=f"{prefix}_reported_has_report",
+        ),
+    ]
+
+
 class UsageTotals(models.Model):
     """Token and cost totals shared by records and adjustments."""
 
@@ -142,15 +157,7 @@ class UsageRecord(TenantOwnedModel, UsageTotals):
                 & Q(cached_tokens__gte=0),
                 name="usage_record_totals_gte_0",
             ),
-            models.CheckConstraint(
-                condition=Q(status__in=["pending", "reported", "skipped", "failed"]),
-                name="usage_record_status_valid",
-            ),
-            models.CheckConstraint(
-                condition=Q(status="reported", report__isnull=False)
-                | (~Q(status="reported") & Q(report__isnull=True)),
-                name="usage_record_reported_has_report",
-            ),
+            *billing_status_constraints("usage_record"),
         ]
 
     def __str__(self) -> str:
@@ -190,15 +197,7 @@ class UsageAdjustment(TenantOwnedModel, UsageTotals):
                 fields=["usage_record", "content_hash"],
                 name="usage_adjustment_unique_change",
             ),
-            models.CheckConstraint(
-                condition=Q(status__in=["pending", "reported", "skipped", "failed"]),
-                name="usage_adjustment_status_valid",
-            ),
-            models.CheckConstraint(
-                condition=Q(status="reported", report__isnull=False)
-                | (~Q(status="reported") & Q(report__isnull=True)),
-                name="usage_adjustment_reported_has_report",
-            ),
+            *billing_status_constraints("usage_adjustment"),
         ]
 
     def __str__(self) -> str:

@@ -1,7 +1,6 @@
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 
-import django_rq
 import pytest
 from django.core.management import CommandError, call_command
 from rq import SimpleWorker
@@ -87,14 +86,6 @@ def test_a_held_lock_makes_a_second_detection_skip(tenant):
         finally:
             other.close()
     assert detect_days([DAY.date()]).status == "succeeded"
-
-
-@pytest.fixture
-def queue():
-    queue = django_rq.get_queue("default")
-    queue.connection.flushdb()
-    yield queue
-    queue.connection.flushdb()
 
 
 @pytest.mark.django_db(transaction=True)

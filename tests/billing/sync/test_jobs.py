@@ -1,18 +1,8 @@
-import django_rq
-import pytest
 from rq import SimpleWorker
 from rq.cron import CronScheduler
 
 from billing.jobs import reconcile_all_tenants, sync_all_tenants
 from billing.models import SyncRun, UsageRecord
-
-
-@pytest.fixture
-def queue():
-    queue = django_rq.get_queue("default")
-    queue.connection.flushdb()
-    yield queue
-    queue.connection.flushdb()
 
 
 def test_the_scheduler_fans_out_one_job_per_tenant_and_a_worker_runs_them(world, queue):
