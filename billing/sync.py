@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 
 from django.db import connection, transaction
+from django.db.models import Min
 from django.utils import timezone
 
 from billing.audit import Actor
@@ -33,7 +34,8 @@ from billing.langfuse_source import LangfuseSource, Page
 from billing.ledger import MergeResult, group_by_trace, ledger_merge
 from billing.limiter import AdaptiveRateLimiter
 from billing.locks import tenant_sync_lock
-from billing.models import SyncCursor, SyncRun, Tenant
+from billing.models import SyncCursor, SyncRun, Tenant, UsageRecord
+from billing.models.ledger import BillingStatus
 from billing.progress import LogProgress, Progress
 from billing.provider_calls import (
     CircuitBreaker,
@@ -53,6 +55,8 @@ OVERLAP = timedelta(minutes=5)
 # A tenant's first sync reaches back as far as Stripe accepts meter events.
 INITIAL_LOOKBACK = timedelta(days=35)
 RECONCILE_LOOKBACK = timedelta(hours=24)
+# How far back a sync re-reads for traces that were still running.
+MAX_UNSETTLED_LOOKBACK = timedelta(hours=6)
 
 ProgressFactory = Callable[..., Progress]
 
@@ -68,9 +72,22 @@ class Clients:
 def _window(kind: str, tenant: Tenant, cursor: SyncCursor, now: datetime):
     settled = now - timedelta(seconds=tenant.settle_seconds)
     if kind == SyncRun.Kind.SYNC:
-        start = (
-            cursor.watermark - OVERLAP if cursor.watermark else now - INITIAL_LOOKBACK
+        if not cursor.watermark:
+            return now - INITIAL_LOOKBACK, settled
+        start = cursor.watermark - OVERLAP
+        # Traces that were still running at the last read (active after its
+        # end) may get observations that started before the overlap: read back
+        # to the oldest of them, so they are billed whole, not as a record
+        # plus an adjustment.
+        running = (
+            UsageRecord.objects.for_tenant(tenant)
+            .filter(
+                status=BillingStatus.PENDING, last_activity_at__gte=cursor.watermark
+            )
+            .aggregate(oldest=Min("trace_timestamp"))["oldest"]
         )
+        if running is not None:
+            start = min(start, max(running, now - MAX_UNSETTLED_LOOKBACK))
         return start, settled
     # Reconcile: the stretch the cursor already calls complete.
     end = min(cursor.watermark or settled, settled)

@@ -271,3 +271,37 @@ def test_rejected_langfuse_keys_pause_the_tenant_with_a_visible_reason(world):
         "skipped",
         "sync paused: langfuse: HTTP 401",
     )
+
+
+def test_a_long_running_trace_is_billed_whole_not_adjusted(world):
+    tenant = world.tenant("acme")
+    now = timezone.now()
+    start = now - timedelta(minutes=20)
+    trace_id = world.trace(tenant, start=start, ended=False, updated=now)
+    sync_tenant(tenant_id=tenant.pk)
+    assert UsageRecord.objects.get(trace_id=trace_id).status == "pending"
+
+    # A generation that started 19 minutes ago finishes and is ingested now:
+    # older than the cursor's overlap, but its trace is still unsettled.
+    world.langfuse.add_observations(
+        tenant.langfuse_public_key,
+        [
+            {
+                "id": f"{trace_id}-gen-late",
+                "traceId": trace_id,
+                "type": "GENERATION",
+                "startTime": (start + timedelta(minutes=1)).isoformat(),
+                "endTime": now.isoformat(),
+                "updatedAt": now.isoformat(),
+                "model": "gpt-4o",
+                "usageDetails": {"input": 4000, "output": 1000},
+            }
+        ],
+    )
+    with time_machine.travel(now + timedelta(minutes=3)):
+        run = sync_tenant(tenant_id=tenant.pk)
+
+    record = UsageRecord.objects.get(trace_id=trace_id)
+    assert (run.billed, run.adjustments, record.status) == (1, 0, "reported")
+    assert len(record.observations) == 2
+    assert world.stripe_total(tenant) == world.ledger_micro_usd(tenant)
