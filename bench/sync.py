@@ -501,18 +501,20 @@ def observation_cost(observation: dict[str, Any]) -> Decimal | None:
     return None
 
 
-def baseline_sample(traces: int, sample: int, seed: int, days: int):
+def baseline_sample(traces: int, sample: int, seed: int, days: int, now: datetime):
     """
     Pick ``sample`` traces spread evenly over the scenario the emulator
-    serves (same seed and size) and compute what billing them should cost.
+    serves and compute what billing them should cost. Same seed, size and
+    ``now`` as the emulator's: the traces planned depend on the time of day.
 
     Returns (trace ids, expected micro-USD, billable count). A trace that is
     still running or has an unpriceable observation is not billable, as in
     the app. Late observations are left out: the emulator hides them for five
-    minutes after loading, and the baseline is done by then.
+    minutes after loading, and a sample that takes less (under ~450 traces
+    at 100/min) is done by then.
     """
     scenario = generate_scenario(
-        seed=seed, tenants=1, traces_per_tenant=traces, days=days
+        seed=seed, tenants=1, traces_per_tenant=traces, days=days, now=now
     )
     step = traces / sample
     wanted = {int(i * step) for i in range(sample)}
@@ -541,16 +543,18 @@ def run_baseline(
 ) -> Result:
     """The seed-style sync of a sample of a ``traces``-trace scenario."""
     label = f"baseline ({sample})"
-    trace_ids, expected_micro, billable = baseline_sample(traces, sample, seed, days)
-    log(
-        f"{label}: {sample} of {traces} traces, one Langfuse call each with "
-        f"{delay * 1000:.0f} ms before it (~{sample * delay:.0f} s)"
-    )
     emulators = EmulatorProcess(
         traces=traces, rate_limit=rate_limit, seed=seed, days=days
     )
     with emulators:
         info = emulators.info
+        trace_ids, expected_micro, billable = baseline_sample(
+            traces, sample, seed, days, now=datetime.fromisoformat(info["now"])
+        )
+        log(
+            f"{label}: {sample} of {traces} traces, one Langfuse call each with "
+            f"{delay * 1000:.0f} ms before it (~{sample * delay:.0f} s)"
+        )
         meter_id, customer_id = stripe_prepare(info["stripe_url"], "Baseline tenant")
         tenant = emulators.tenant
         before = emulators.stats()

@@ -291,6 +291,13 @@ def sync_tenant(
 
 
 def _log_summary(run: SyncRun, work: _Run) -> None:
+    if run.healed:
+        # One line per run, never one per trace (seed 000's review).
+        logger.warning(
+            "healed %d traces in tenant %s that the minute syncs had missed",
+            run.healed,
+            work.tenant.slug,
+        )
     reasons = ", ".join(f"{n} {why}" for why, n in sorted(run.skip_reasons.items()))
     logger.info(
         "%s %s: %s; %d traces fetched, %d billed, %d skipped%s, %d healed, "

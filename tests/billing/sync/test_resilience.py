@@ -237,7 +237,7 @@ def test_a_late_observation_produces_exactly_one_adjustment(world):
     assert len(world.stripe.meter_events()) == 2
 
 
-def test_reconcile_heals_a_trace_the_minute_syncs_missed(world):
+def test_reconcile_heals_a_trace_the_minute_syncs_missed(world, caplog):
     tenant = world.tenant("acme")
     world.trace(tenant, start=timezone.now() - timedelta(minutes=30))
     sync_tenant(tenant_id=tenant.pk)
@@ -248,6 +248,7 @@ def test_reconcile_heals_a_trace_the_minute_syncs_missed(world):
     run = sync_tenant(tenant_id=tenant.pk, kind=SyncRun.Kind.RECONCILE)
 
     assert (run.healed, run.billed) == (1, 1)
+    assert "healed 1 traces in tenant acme" in caplog.text
     assert UsageRecord.objects.get(trace_id=missed).status == "reported"
     assert world.stripe_total(tenant) == world.ledger_micro_usd(tenant)
 
