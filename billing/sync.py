@@ -172,6 +172,8 @@ class _Run:
             self.count_page(page, traces, result)
             # Newest first: the oldest start seen is how far back we got.
             progress.advance(traces=len(traces), position=page.oldest_start)
+        # The window may reach back past the oldest usage: done is done.
+        progress.advance(traces=0, position=start)
         if self.run.kind == SyncRun.Kind.SYNC and not self.run.dry_run:
             with tenant_context([self.tenant.pk]):
                 SyncCursor.objects.filter(tenant=self.tenant).update(watermark=end)
