@@ -139,12 +139,11 @@ class LangfuseSource:
         tenant: Tenant,
         caller: ProviderCaller,
         page_size: int | None = None,
-        client: LangfuseAPI | None = None,
     ) -> None:
         self.tenant = tenant
         self.caller = caller
         self.page_size = page_size or PAGE_SIZE
-        self.client = client or langfuse_client(tenant)
+        self.client = langfuse_client(tenant)
 
     def pages(self, *, start: datetime, end: datetime) -> Iterator[Page]:
         """Yield pages of observations with startTime in [start, end)."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -317,11 +316,9 @@ def reports_send(
     tenant: Tenant,
     caller: ProviderCaller,
     concurrency: int,
-    client: stripe.StripeClient | None = None,
-    on_sent: Callable[[], None] | None = None,
 ) -> SendResult:
     """Push the tenant's pending reports, ``concurrency`` at a time."""
-    client = client or stripe_client()
+    client = stripe_client()
     with tenant_context([tenant.pk]):
         report_ids = list(
             StripeReport.objects.for_tenant(tenant)
@@ -343,6 +340,4 @@ def reports_send(
     ) as pool:
         for outcome in pool.map(send, report_ids):
             setattr(result, outcome, getattr(result, outcome) + 1)
-            if on_sent and outcome == "sent":
-                on_sent()
     return result

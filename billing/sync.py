@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 
 from django.db import connection, transaction
@@ -59,14 +58,6 @@ RECONCILE_LOOKBACK = timedelta(hours=24)
 MAX_UNSETTLED_LOOKBACK = timedelta(hours=6)
 
 ProgressFactory = Callable[..., Progress]
-
-
-@dataclass
-class Clients:
-    """Optional client overrides (tests and benchmarks inject their own)."""
-
-    langfuse: object | None = None
-    stripe: object | None = None
 
 
 def _window(kind: str, tenant: Tenant, cursor: SyncCursor, now: datetime):
@@ -132,17 +123,14 @@ COUNTER_FIELDS = [
 class _Run:
     """One run of one tenant: its own limiters and breakers, never shared."""
 
-    def __init__(self, *, tenant: Tenant, run: SyncRun, clients: Clients) -> None:
+    def __init__(self, *, tenant: Tenant, run: SyncRun) -> None:
         self.tenant = tenant
         self.run = run
         self.langfuse = ProviderCaller(
             "langfuse", AdaptiveRateLimiter(), CircuitBreaker()
         )
         self.stripe = ProviderCaller("stripe", AdaptiveRateLimiter(), CircuitBreaker())
-        self.source = LangfuseSource(
-            tenant=tenant, caller=self.langfuse, client=clients.langfuse
-        )
-        self.stripe_client = clients.stripe
+        self.source = LangfuseSource(tenant=tenant, caller=self.langfuse)
 
     def count_calls(self) -> None:
         run = self.run
@@ -206,7 +194,6 @@ class _Run:
             tenant=self.tenant,
             caller=self.stripe,
             concurrency=self.tenant.sync_concurrency,
-            client=self.stripe_client,
         )
         run.reports_sent = sent.sent
         run.failed = sent.failed
@@ -228,7 +215,6 @@ def sync_tenant(
     dry_run: bool = False,
     wait_for_lock: bool = False,
     progress: ProgressFactory = LogProgress,
-    clients: Clients | None = None,
 ) -> SyncRun | None:
     """
     Run one sync, reconcile or backfill of one tenant; None if another
@@ -261,7 +247,7 @@ def sync_tenant(
             _save(run, ["status", "error", "finished_at"])
             return run
 
-        work = _Run(tenant=tenant, run=run, clients=clients or Clients())
+        work = _Run(tenant=tenant, run=run)
         label = f"{kind} {tenant.slug}"
         try:
             with progress(label=label, start=start, end=end) as bar:
@@ -332,7 +318,6 @@ def backfill_tenant(
     until: datetime,
     dry_run: bool = False,
     progress: ProgressFactory = LogProgress,
-    clients: Clients | None = None,
 ) -> list[SyncRun]:
     """Bill history one UTC day at a time, waiting for the tenant's lock."""
     runs = []
@@ -347,7 +332,6 @@ def backfill_tenant(
             dry_run=dry_run,
             wait_for_lock=True,
             progress=progress,
-            clients=clients,
         )
         runs.append(run)
         if run.status != SyncRun.Status.SUCCEEDED:
