@@ -5,8 +5,10 @@ tests otherwise connect as, which bypasses RLS).
 
 import psycopg
 import pytest
+from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
+from django.urls import reverse
 
 from billing.audit import Actor, audit_log_write
 from billing.models import AuditLog, Membership
@@ -86,3 +88,21 @@ def test_a_real_login_as_the_app_role_is_isolated(two_tenants):
         conn.execute("SELECT set_config('app.tenant_ids', %s, true)", [str(other.pk)])
         rows = conn.execute("SELECT DISTINCT tenant_id FROM billing_membership")
         assert rows.fetchall() == [(other.pk,)]
+
+
+def test_a_request_runs_under_rls_scoped_to_the_users_tenants(
+    client, two_tenants, as_app_role
+):
+    tenant, other = two_tenants
+    user = UserFactory()
+    user.user_permissions.add(Permission.objects.get(codename="view_tenant"))
+    MembershipFactory(user=user, tenant=tenant)
+    client.force_login(user)
+    as_app_role()
+
+    response = client.get(reverse("admin:billing_tenant_changelist"))
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert tenant.name in html
+    assert other.name not in html
