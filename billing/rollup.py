@@ -200,6 +200,11 @@ def rollup_day(*, day: date, tenant_id: int | None = None) -> int:
         written = cursor.rowcount
         cursor.execute("DROP TABLE rollup_fine")
         cursor.execute("DROP TABLE rollup_models")
+        if connection.vendor == "postgresql":
+            # A day's rollup adds ~100k rows at once; without fresh statistics
+            # the detection that follows plans them as one row and picks
+            # nested loops (minutes instead of seconds).
+            cursor.execute("ANALYZE billing_costsummary")
     return written
 
 
