@@ -24,6 +24,11 @@ class ScopeType(models.TextChoices):
 
 
 class CostSummary(TenantOwnedModel):
+    # The unique key starts with the tenant, so no index of its own: one
+    # index fewer to write for each of a day's ~100k summaries.
+    tenant = models.ForeignKey(
+        "billing.Tenant", on_delete=models.CASCADE, db_index=False
+    )
     scope_type = models.CharField(max_length=16, choices=ScopeType.choices)
     project_id = models.CharField(max_length=200, blank=True)
     scope_id = models.CharField(max_length=200)
