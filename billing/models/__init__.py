@@ -4,6 +4,7 @@ from billing.models.ledger import (
     SyncCursor,
     SyncRun,
     UsageAdjustment,
+    UsageLine,
     UsageRecord,
 )
 from billing.models.tenants import AuditLog, Membership, Tenant
@@ -19,5 +20,6 @@ __all__ = [
     "SyncRun",
     "Tenant",
     "UsageAdjustment",
+    "UsageLine",
     "UsageRecord",
 ]

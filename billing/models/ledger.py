@@ -274,3 +274,73 @@ class SyncRun(TenantOwnedModel):
 
     def __str__(self) -> str:
         return f"{self.kind} of {self.tenant_id} at {self.started_at:%Y-%m-%d %H:%M}"
+
+
+class UsageLine(TenantOwnedModel):
+    """
+    One model's share of one billable ledger entry (a usage record or an
+    adjustment), with its trace's day and scopes: the ledger's model
+    breakdowns as narrow rows, for the daily rollup.
+
+    Database triggers (``billing.usage_lines``) write these rows whenever a
+    record or adjustment is written, so whatever writes the ledger, the lines
+    agree with it; nothing else writes them. Only billable entries (pending
+    or reported) have lines. Reading 10M traces' JSON breakdowns took the
+    rollup minutes; these rows aggregate in seconds.
+    """
+
+    # Not foreign-key constraints: the triggers keep the lines in step with
+    # their entries, which have those constraints, and a check per line would
+    # double the cost of writing the ledger. The unique constraints index
+    # the entries; the rollup reads a day's lines by time, not by tenant.
+    tenant = models.ForeignKey(
+        "billing.Tenant",
+        on_delete=models.CASCADE,
+        db_constraint=False,
+        db_index=False,
+    )
+    usage_record = models.ForeignKey(
+        UsageRecord,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+    adjustment = models.ForeignKey(
+        UsageAdjustment,
+        null=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+    trace_timestamp = models.DateTimeField()
+    project_id = models.CharField(max_length=200, blank=True)
+    agent_id = models.CharField(max_length=200, blank=True)
+    user_id = models.CharField(max_length=200, blank=True)
+    epic_id = models.CharField(max_length=200, blank=True)
+    # Empty on the one line of a record whose breakdown is empty.
+    model = models.CharField(max_length=200, blank=True)
+    # Exactly one line of each record counts its trace in a scope's total.
+    counts_trace = models.BooleanField()
+    input_tokens = models.BigIntegerField()
+    output_tokens = models.BigIntegerField()
+    cached_tokens = models.BigIntegerField()
+    cost = models.DecimalField(**MONEY)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["usage_record", "model"],
+                condition=Q(adjustment__isnull=True),
+                name="usage_line_unique_record_model",
+            ),
+            models.UniqueConstraint(
+                fields=["adjustment", "model"],
+                condition=Q(adjustment__isnull=False),
+                name="usage_line_unique_adjustment_model",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model or 'no model'} of {self.usage_record_id}"
