@@ -1,18 +1,15 @@
 """
 Daily cost rollup: the ledger aggregated per tenant, scope and UTC day.
 
-One day is rolled up in two set-based statements inside one transaction.
-The day's usage lines (``UsageLine``: each billable record's and
-adjustment's model breakdown as narrow rows, which count on their trace's
-day) are aggregated per agent, epic and user and per model into a temporary
-table (three parallel aggregates: ``CREATE TABLE AS`` may use parallel
-workers, ``INSERT ... SELECT`` may not); project totals are the sums of their
-agents'. Then one ``INSERT ... ON CONFLICT DO UPDATE`` writes every scope's
-summary with its per-model breakdown. Re-running a day rewrites the same
-rows with the same numbers, period_end included (seed 004's review found
-period_end left stale on re-runs), so the rollup is idempotent and a late
-adjustment changes the day's totals on the next run; a summary whose
-numbers did not change is left as it is rather than rewritten.
+The ledger's triggers keep ``DailyScopeUsage`` equal to its per-scope and
+per-model sums (``billing.scope_usage``), so a day's rollup is one set-based
+``INSERT ... ON CONFLICT DO UPDATE`` from that day's rows: every scope's
+summary with its totals and per-model breakdown. Re-running a day rewrites
+the same rows with the same numbers, period_end included (seed 004's review
+found period_end left stale on re-runs), so the rollup is idempotent, and a
+late adjustment changes the day's totals on the next run; a summary whose
+numbers did not change is left as it is rather than rewritten, and a scope
+whose usage was all skipped since is written as zero, not left stale.
 
 Only billable usage counts (records and adjustments that are pending or
 reported): skipped traces are visible in the ledger, not in the costs.
@@ -30,16 +27,6 @@ from django.utils import timezone
 from billing.tenancy import tenant_context
 
 DAY = timedelta(days=1)
-
-# Scope type -> (its project, its id) as columns of the lines, for the
-# scopes aggregated from them; projects are summed from their agents.
-SCOPES = {
-    "agent": ("l.project_id", "l.agent_id"),
-    "epic": ("l.project_id", "l.epic_id"),
-    "user": ("''", "l.user_id"),
-}
-TOTALS = ("traces", "model_traces", "input_tokens", "output_tokens")
-TOTALS += ("cached_tokens", "cost")
 SUMMARY_COLUMNS = ("period_end", "trace_count", "input_tokens", "output_tokens")
 SUMMARY_COLUMNS += ("cached_tokens", "cost", "model_breakdown")
 
@@ -70,35 +57,15 @@ def _dialect() -> Dialect:
     return POSTGRES if connection.vendor == "postgresql" else SQLITE
 
 
-def _per_model_sql(tenant_filter: str) -> str:
-    """The day's lines summed per agent, epic and user, and per model."""
-    parts = []
-    for scope, (project, scope_id) in SCOPES.items():
-        keys = ("l.tenant_id", project, scope_id, "l.model")
-        parts.append(
-            f"""SELECT l.tenant_id, '{scope}' AS scope_type,
-                       {project} AS project_id, {scope_id} AS scope_id, l.model,
-                       count(*) FILTER (WHERE l.counts_trace) AS traces,
-                       count(*) FILTER (WHERE l.adjustment_id IS NULL)
-                           AS model_traces,
-                       sum(l.input_tokens) AS input_tokens,
-                       sum(l.output_tokens) AS output_tokens,
-                       sum(l.cached_tokens) AS cached_tokens,
-                       sum(l.cost) AS cost
-                FROM billing_usageline l
-                WHERE l.trace_timestamp >= %(start)s AND l.trace_timestamp < %(end)s
-                      {tenant_filter}
-                GROUP BY {", ".join(c for c in keys if c != "''")}"""
-        )
-    return "CREATE TEMP TABLE rollup_models AS " + " UNION ALL ".join(parts)
-
-
-def _upsert_sql(sql: Dialect) -> str:
-    sums = ", ".join(f"sum({c}) AS {c}" for c in TOTALS)
-    breakdown = f"""{sql.object_agg}(model, {sql.object}(
-            'cost', CAST(cost AS TEXT), 'input', input_tokens,
-            'output', output_tokens, 'cached', cached_tokens,
-            'traces', model_traces)) FILTER (WHERE model <> '')"""
+def _upsert_sql(sql: Dialect, tenant_filter: str) -> str:
+    # Rows that netted out to nothing (usage counted in, then skipped) are
+    # no model of the scope's.
+    used = """u.model <> '' AND (u.model_trace_count <> 0 OR u.cost <> 0
+        OR u.input_tokens <> 0 OR u.output_tokens <> 0 OR u.cached_tokens <> 0)"""
+    breakdown = f"""{sql.object_agg}(u.model, {sql.object}(
+            'cost', CAST(u.cost AS TEXT), 'input', u.input_tokens,
+            'output', u.output_tokens, 'cached', u.cached_tokens,
+            'traces', u.model_trace_count)) FILTER (WHERE {used})"""
     changed = sql.distinct.format(
         a=", ".join(f"billing_costsummary.{c}" for c in SUMMARY_COLUMNS),
         b=", ".join(f"excluded.{c}" for c in SUMMARY_COLUMNS),
@@ -108,23 +75,16 @@ def _upsert_sql(sql: Dialect) -> str:
             tenant_id, scope_type, project_id, scope_id, period_start, period_end,
             trace_count, input_tokens, output_tokens, cached_tokens, cost,
             model_breakdown, computed_at)
-        SELECT tenant_id, scope_type, project_id, scope_id, %(start)s, %(end)s,
-               sum(traces), sum(input_tokens), sum(output_tokens),
-               sum(cached_tokens), sum(cost){sql.money},
+        SELECT u.tenant_id, u.scope_type, u.project_id, u.scope_id,
+               %(start)s, %(end)s, sum(u.trace_count), sum(u.input_tokens),
+               sum(u.output_tokens), sum(u.cached_tokens), sum(u.cost){sql.money},
                COALESCE({breakdown}, '{{}}'), %(now)s
-        FROM (
-            SELECT * FROM rollup_models WHERE scope_id <> ''
-            UNION ALL
-            SELECT tenant_id, 'project', '', project_id, model, {sums}
-            FROM rollup_models WHERE scope_type = 'agent' AND project_id <> ''
-            GROUP BY tenant_id, project_id, model
-        ) per_model
-        -- Suspended tenants are left out here, from a few hundred thousand
-        -- rows, rather than from every line: that join cost a third of the time.
-        WHERE tenant_id IN (SELECT id FROM billing_tenant WHERE status = 'active')
-        GROUP BY tenant_id, scope_type, project_id, scope_id
+        FROM billing_dailyscopeusage u
+        JOIN billing_tenant t ON t.id = u.tenant_id AND t.status = 'active'
+        WHERE u.day = %(day)s {tenant_filter}
+        GROUP BY u.tenant_id, u.scope_type, u.project_id, u.scope_id
         -- In the unique index's order: each of its pages is visited once.
-        ORDER BY tenant_id, scope_type, project_id, scope_id
+        ORDER BY u.tenant_id, u.scope_type, u.project_id, u.scope_id
         ON CONFLICT (tenant_id, scope_type, project_id, scope_id, period_start)
         DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in SUMMARY_COLUMNS)},
             computed_at = excluded.computed_at
@@ -138,34 +98,27 @@ def rollup_day(*, day: date, tenant_id: int | None = None) -> int:
     changed).
     """
     start = datetime.combine(day, time.min, tzinfo=UTC)
-    end = start + DAY
     adapt = connection.ops.adapt_datetimefield_value
     params = {
+        "day": connection.ops.adapt_datefield_value(day),
         "start": adapt(start),
-        "end": adapt(end),
+        "end": adapt(start + DAY),
         "now": adapt(timezone.now()),
         "tenant": tenant_id,
     }
-    tenant_filter = "AND l.tenant_id = %(tenant)s" if tenant_id else ""
+    tenant_filter = "AND u.tenant_id = %(tenant)s" if tenant_id else ""
     scope = [tenant_id] if tenant_id else ()
     with (
         tenant_context(scope, all_tenants=tenant_id is None),
         connection.cursor() as cursor,
     ):
         if connection.vendor == "postgresql":
-            # Transaction-local tuning for one big aggregation: hash tables
-            # in memory, and no JIT, whose compilation costs seconds here and
-            # saves less.
-            cursor.execute("SET LOCAL work_mem = '256MB'")
+            # Transaction-local: no JIT, whose compilation costs more than it
+            # saves in a statement of a few seconds.
             cursor.execute("SET LOCAL jit = off")
-        cursor.execute("DROP TABLE IF EXISTS rollup_models")
-        cursor.execute(_per_model_sql(tenant_filter), params)
-        if connection.vendor == "postgresql":
-            # Its real size, not a guess: the upsert's plan depends on it.
-            cursor.execute("ANALYZE rollup_models")
-        cursor.execute(_upsert_sql(_dialect()), params)
+            cursor.execute("SET LOCAL work_mem = '256MB'")
+        cursor.execute(_upsert_sql(_dialect(), tenant_filter), params)
         written = cursor.rowcount
-        cursor.execute("DROP TABLE rollup_models")
         if connection.vendor == "postgresql":
             # A day's rollup adds ~100k rows at once; without fresh statistics
             # the detection that follows plans them as one row and picks

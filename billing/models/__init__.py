@@ -1,10 +1,14 @@
-from billing.models.costs import AnalyticsRun, CostSummary, ScopeType
+from billing.models.costs import (
+    AnalyticsRun,
+    CostSummary,
+    DailyScopeUsage,
+    ScopeType,
+)
 from billing.models.ledger import (
     StripeReport,
     SyncCursor,
     SyncRun,
     UsageAdjustment,
-    UsageLine,
     UsageRecord,
 )
 from billing.models.tenants import AuditLog, Membership, Tenant
@@ -13,6 +17,7 @@ __all__ = [
     "AnalyticsRun",
     "AuditLog",
     "CostSummary",
+    "DailyScopeUsage",
     "Membership",
     "ScopeType",
     "StripeReport",
@@ -20,6 +25,5 @@ __all__ = [
     "SyncRun",
     "Tenant",
     "UsageAdjustment",
-    "UsageLine",
     "UsageRecord",
 ]

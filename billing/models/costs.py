@@ -23,6 +23,59 @@ class ScopeType(models.TextChoices):
     USER = "user", "User"
 
 
+class DailyScopeUsage(TenantOwnedModel):
+    """
+    One UTC day's billable usage of one scope and model, kept current by
+    database triggers on the ledger (``billing.scope_usage``): the daily
+    rollup's input.
+
+    Every write to a usage record or adjustment adds its change here in the
+    same statement, so these rows are the ledger's per-scope sums whatever
+    writes it, and the rollup reads a few hundred thousand of them instead
+    of 10M records' JSON breakdowns. Nothing else writes them.
+    """
+
+    # The triggers write these rows for ledger rows that have the tenant's
+    # constraint; a check per row would only slow the ledger's writes. The
+    # key starts with the day, so no tenant index either.
+    tenant = models.ForeignKey(
+        "billing.Tenant", on_delete=models.CASCADE, db_constraint=False, db_index=False
+    )
+    day = models.DateField()
+    scope_type = models.CharField(max_length=16, choices=ScopeType.choices)
+    project_id = models.CharField(max_length=200, blank=True)
+    scope_id = models.CharField(max_length=200)
+    # Empty for records whose breakdown is empty (their traces still count).
+    model = models.CharField(max_length=200, blank=True)
+    # Traces of the scope counted on this model's row: each trace once, on
+    # one of its models, so that the scope's trace count is the plain sum.
+    trace_count = models.BigIntegerField()
+    # Traces that used the model (adjustments add none).
+    model_trace_count = models.BigIntegerField()
+    input_tokens = models.BigIntegerField()
+    output_tokens = models.BigIntegerField()
+    cached_tokens = models.BigIntegerField()
+    cost = models.DecimalField(**MONEY)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "day",
+                    "tenant",
+                    "scope_type",
+                    "project_id",
+                    "scope_id",
+                    "model",
+                ],
+                name="daily_scope_usage_unique_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope_type} {self.scope_id} {self.model} on {self.day}"
+
+
 class CostSummary(TenantOwnedModel):
     # The unique key starts with the tenant, so no index of its own: one
     # index fewer to write for each of a day's ~100k summaries.
