@@ -87,7 +87,12 @@ def test_a_trace_without_usage_still_counts(tenant):
 
 def test_a_pending_record_that_absorbs_news_moves_its_usage(tenant):
     merge(tenant, trace("t1", {"o1": GPT}, project_id="web"))
+    first = UsageRecord.objects.get()
     merge(tenant, trace("t1", {"o2": HAIKU}, project_id="web", epic_id="E1"))
+
+    record = UsageRecord.objects.get()
+    assert (record.epic_id, record.cost) == ("E1", Decimal("0.0105"))
+    assert record.updated_at > first.updated_at
 
     got = usage(scope_type="epic")
     assert set(got) == {
