@@ -31,6 +31,16 @@ def iso(moment: datetime) -> str:
     return format_timestamp(to_micros(moment))
 
 
+def noon(days_ago: int) -> datetime:
+    """
+    Noon UTC ``days_ago`` days before yesterday. Reports are per UTC day, so
+    traces minutes apart around ``now`` would straddle midnight when a test
+    runs just after it; around noon of a past day they never do.
+    """
+    yesterday = timezone.now() - timedelta(days=1 + days_ago)
+    return yesterday.replace(hour=12, minute=0, second=0, microsecond=0)
+
+
 @dataclass
 class World:
     langfuse: LangfuseEmulator

@@ -15,6 +15,7 @@ from billing import limiter
 from billing.emulators.base import RESET, EmulatorServer, Faults
 from billing.models import AuditLog, StripeReport, SyncRun, Tenant, UsageRecord
 from billing.sync import sync_tenant, sync_tenants
+from tests.billing.sync.conftest import noon
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -27,10 +28,9 @@ def fast_limiter(monkeypatch):
 
 
 def _days_of_traces(world, tenant, days=4, per_day=5):
-    now = timezone.now()
     for day in range(days):
         for n in range(per_day):
-            world.trace(tenant, start=now - timedelta(days=day, minutes=10 + n))
+            world.trace(tenant, start=noon(day) - timedelta(minutes=n))
 
 
 class KillClientAfterFirstMeterEvent:

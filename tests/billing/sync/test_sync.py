@@ -5,7 +5,7 @@ from django.utils import timezone
 
 from billing.models import StripeReport, SyncCursor, SyncRun, UsageRecord
 from billing.sync import sync_tenant
-from tests.billing.sync.conftest import expected_cost
+from tests.billing.sync.conftest import expected_cost, noon
 
 
 def _records(tenant):
@@ -190,12 +190,11 @@ def test_tokens_unit_reports_token_counts(world):
 def test_rounding_is_carried_so_no_money_is_lost_or_invented(world, batches):
     # Each trace costs 0.6 micro-USD: rounded per batch it would bill 0.
     tenant = world.tenant("acme")
-    now = timezone.now()
     for day in range(batches):
         for n in range(3):
             world.trace(
                 tenant,
-                start=now - timedelta(days=day, minutes=10 + n),
+                start=noon(day) - timedelta(minutes=n),
                 generations=[("gpt-4o-mini", 4, 0, 0)],
             )
 
