@@ -441,15 +441,6 @@ CHECK_SQL = """
                   FROM jsonb_each(r.model_breakdown)) s
 """
 
-# Distinct (tenant, project, agent, epic, user) combinations of the day:
-# how much a rollup could pre-reduce before looking at the models.
-COMBINATIONS_SQL = """
-    SELECT count(*) FROM (
-        SELECT DISTINCT tenant_id, project_id, agent_id, epic_id, user_id
-        FROM billing_usagerecord
-    ) c
-"""
-
 GENERATED_TABLES = (
     "billing_tenant",
     "billing_stripereport",
@@ -518,7 +509,6 @@ def generate(postgres_url: str, rows: int) -> dict[str, Any]:
         (mismatched,) = run(CHECK_SQL).fetchone()
         if mismatched:
             raise RuntimeError(f"{mismatched} records whose totals != breakdown")
-        shape["combinations"] = run(COMBINATIONS_SQL).fetchone()[0]
         run(SCOPES_SQL, params)
         shape["retired"] = run(RETIRED_SQL).rowcount
         with Timer() as timer:
