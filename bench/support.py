@@ -24,7 +24,7 @@ FERNET_KEY = "YGuGILch0G4kaaw7CO7tf5yxNkyJShzo4LMo_6eYqrw="
 
 
 def log(message: str) -> None:
-    """A progress line on stderr; figures go to stdout."""
+    """A progress line on stderr; stdout carries figures (or a child's JSON)."""
     stamp = datetime.now().strftime("%H:%M:%S")
     print(f"[bench {stamp}] {message}", file=sys.stderr, flush=True)
 
@@ -38,7 +38,10 @@ class Timer:
         self.seconds = time.perf_counter() - self.began
 
 
-def recreate_database(postgres_url: str, database: str) -> None:
+def recreate_database(
+    postgres_url: str, database: str, template: str | None = None
+) -> None:
+    """Drop and create a database, optionally as a copy of ``template``."""
     import psycopg
     from psycopg import sql
 
@@ -47,7 +50,10 @@ def recreate_database(postgres_url: str, database: str) -> None:
         connection.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name)
         )
-        connection.execute(sql.SQL("CREATE DATABASE {}").format(name))
+        create = sql.SQL("CREATE DATABASE {}").format(name)
+        if template:
+            create += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        connection.execute(create)
 
 
 def django_env(postgres_url: str, database: str) -> dict[str, str]:

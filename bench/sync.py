@@ -49,17 +49,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    # Run as a script, only bench/ is on the path; the app lives in the root.
-    sys.path.insert(0, str(ROOT))
+from support import DEFAULT_POSTGRES_URL, ROOT, log, recreate_database
+from support import django_env as app_env
 
-from billing.emulators.scenario import CACHED_INPUT_KEY, generate_scenario  # noqa: E402
-from billing.pricing import price_for_model  # noqa: E402
-from billing.progress import Progress  # noqa: E402
+from billing.emulators.scenario import CACHED_INPUT_KEY, generate_scenario
+from billing.pricing import price_for_model
+from billing.progress import Progress
 
 SEED = 42
 DAYS = 14  # of history; Stripe accepts meter events up to 35 days old
@@ -67,9 +64,6 @@ STRIPE_KEY = "sk_test_bench"
 METER_EVENT = "llm_usage"
 DATABASE = "bench_billing"
 TEMPLATE_DATABASE = "bench_billing_template"
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432"
-# A Fernet key for the throw-away bench database only.
-FERNET_KEY = "q0BnFAh9H6ZB0C3m2F0y0dX2xkIV9W9u6JpTtIaR8Ns="
 
 # Targets from the issue.
 TARGET_LANGFUSE_PER_1000 = 5
@@ -83,12 +77,6 @@ PROGRESS_SECONDS = 10.0
 RSS_SAMPLE_SECONDS = 0.2
 MB = 1024 * 1024
 MICRO = Decimal(1_000_000)
-
-
-def log(message: str) -> None:
-    """A progress line on stderr (stdout of the children carries JSON)."""
-    stamp = datetime.now().strftime("%H:%M:%S")
-    print(f"[bench {stamp}] {message}", file=sys.stderr, flush=True)
 
 
 def floor_micro(amount: Decimal) -> int:
@@ -279,37 +267,13 @@ def stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]
 # --------------------------------------------------------------------------
 
 
-def recreate_database(postgres_url: str, name: str, template: str | None) -> None:
-    """Drop and create a database, optionally as a copy of ``template``."""
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(f"{postgres_url}/postgres", autocommit=True) as connection:
-        connection.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)
-            )
-        )
-        create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-        if template:
-            create += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
-        connection.execute(create)
-
-
 def django_env(postgres_url: str, database: str, stripe_url: str = "") -> dict:
     """The environment of every Django child process."""
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="billing_project.settings",
-        DATABASE_URL=f"{postgres_url}/{database}",
-        DEBUG="0",
-        SECRET_KEY="bench",
-        FIELD_ENCRYPTION_KEYS=FERNET_KEY,
-        STRIPE_API_KEY=STRIPE_KEY,
-        STRIPE_API_BASE=stripe_url or "http://127.0.0.1:9",
-        LOG_LEVEL="WARNING",
-    )
-    return env
+    return {
+        **app_env(postgres_url, database),
+        "STRIPE_API_KEY": STRIPE_KEY,
+        "STRIPE_API_BASE": stripe_url or "http://127.0.0.1:9",
+    }
 
 
 def migrate_template(postgres_url: str) -> None:
