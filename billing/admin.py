@@ -90,6 +90,7 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         "stripe_customer_id",
         "sync_enabled",
         "sync_paused_reason",
+        "sync_problem",
     ]
     list_filter = ["status", "sync_enabled"]
     search_fields = ["name", "slug", "stripe_customer_id"]
@@ -98,6 +99,8 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         "secret_key_status",
         "sync_paused_reason",
         "sync_paused_at",
+        "sync_problem",
+        "sync_problem_since",
         "created_at",
         "updated_at",
     ]
@@ -126,8 +129,12 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
                     "sync_enabled",
                     "settle_seconds",
                     "sync_concurrency",
+                    "overlap_seconds",
+                    "max_running_seconds",
                     "sync_paused_reason",
                     "sync_paused_at",
+                    "sync_problem",
+                    "sync_problem_since",
                 ]
             },
         ),

@@ -27,6 +27,8 @@ TENANT_FIELDS = (
     "sync_enabled",
     "settle_seconds",
     "sync_concurrency",
+    "overlap_seconds",
+    "max_running_seconds",
 )
 
 

@@ -24,6 +24,9 @@ class BillingStatus(models.TextChoices):
     REPORTED = "reported", "Reported"
     SKIPPED = "skipped", "Skipped"
     FAILED = "failed", "Failed"
+    # Usage with no price of ours and no Langfuse cost: never billed as 0,
+    # held until a price exists, then billed on its own report.
+    UNPRICED = "unpriced", "Unpriced"
 
 
 def billing_status_constraints(prefix: str) -> list[models.CheckConstraint]:
@@ -119,6 +122,11 @@ class UsageRecord(TenantOwnedModel, UsageTotals):
     trace_timestamp = models.DateTimeField()
     # The newest start/end/update of any observation: the settle rule reads it.
     last_activity_at = models.DateTimeField()
+    # {observation_id: start time} of observations without an end time; the
+    # trace is not settled while any runs, up to the tenant's maximum age.
+    running = models.JSONField(default=dict, blank=True)
+    # The start of the oldest running observation; null when none runs.
+    running_since = models.DateTimeField(null=True, blank=True)
     project_id = models.CharField(max_length=200, blank=True)
     agent_id = models.CharField(max_length=200, blank=True)
     user_id = models.CharField(max_length=200, blank=True)
@@ -257,6 +265,9 @@ class SyncRun(TenantOwnedModel):
     final_delay_ms = models.PositiveIntegerField(default=0)
     skip_reasons = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
+    # Runs of this tenant in a row, this one included, that failed with this
+    # error; three or more and the tenant shows as stuck.
+    consecutive_failures = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-started_at"]

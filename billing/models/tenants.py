@@ -16,6 +16,8 @@ from billing.tenancy import TenantOwnedModel, TenantQuerySet
 DEFAULT_SETTLE_SECONDS = 60
 
 DEFAULT_METER_EVENT_NAME = "llm_usage"
+DEFAULT_OVERLAP_SECONDS = 15 * 60
+DEFAULT_MAX_RUNNING_SECONDS = 60 * 60
 DEFAULT_SYNC_CONCURRENCY = 4
 
 
@@ -64,9 +66,26 @@ class Tenant(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(32)],
         help_text="Parallel Stripe sends for this tenant.",
     )
+    # Re-read this far behind the cursor: observations become readable after
+    # their start time (SDK batching, Langfuse documents up to 15 minutes).
+    overlap_seconds = models.PositiveIntegerField(
+        default=DEFAULT_OVERLAP_SECONDS,
+        help_text="How far each sync re-reads behind the last one, for late data.",
+    )
+    # Seed 002: a trace with a running observation is not settled until it
+    # ends, or until it has run this long (a run that never ends).
+    max_running_seconds = models.PositiveIntegerField(
+        default=DEFAULT_MAX_RUNNING_SECONDS,
+        validators=[MinValueValidator(60)],
+        help_text="Bill a trace whose observations are still running after this.",
+    )
     # Set when the provider rejects the tenant's credentials (401/403); the
     # scheduler skips the tenant until an operator resumes it.
     sync_paused_reason = models.TextField(blank=True)
+    # What an operator must look at (runs failing the same way, reports
+    # Stripe rejected for configuration); empty when the last run was clean.
+    sync_problem = models.TextField(blank=True)
+    sync_problem_since = models.DateTimeField(null=True, blank=True)
     # Cohort rule (seed 004): a scope costing more than high x, or less than
     # low x, the average of its peers that day is an anomaly.
     anomaly_high_ratio = models.DecimalField(
