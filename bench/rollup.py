@@ -79,7 +79,7 @@ from support import (
     recreate_database,
 )
 
-from billing.pricing import MILLION, price_for_model
+from billing.pricing import CACHE_READ_KEYS, price_for_model
 from billing.scope_usage import fill_sql
 
 DATABASE = "bench_rollup"
@@ -142,13 +142,14 @@ def migrate(postgres_url: str) -> None:
 
 
 def _prices() -> dict[str, list]:
-    """Per-token prices of MODELS from the app's price table, as SQL arrays."""
+    """Per-token prices of MODELS from the app's price data, as SQL arrays."""
     prices = [price_for_model(model) for model in MODELS]
+    cache_keys = [next(k for k in CACHE_READ_KEYS if p.covers(k)) for p in prices]
     return {
         "names": list(MODELS),
-        "p_input": [p.input / MILLION for p in prices],
-        "p_output": [p.output / MILLION for p in prices],
-        "p_cached": [p.cached_input / MILLION for p in prices],
+        "p_input": [p.cost({"input": 1}) for p in prices],
+        "p_output": [p.cost({"output": 1}) for p in prices],
+        "p_cached": [p.cost({k: 1}) for p, k in zip(prices, cache_keys, strict=True)],
     }
 
 

@@ -54,8 +54,8 @@ from typing import Any
 from support import DEFAULT_POSTGRES_URL, ROOT, log, recreate_database
 from support import django_env as app_env
 
-from billing.emulators.scenario import CACHED_INPUT_KEY, generate_scenario
-from billing.pricing import price_for_model
+from billing.emulators.scenario import generate_scenario
+from billing.pricing import price_usage
 from billing.progress import Progress
 
 SEED = 42
@@ -449,20 +449,14 @@ def observation_cost(observation: dict[str, Any]) -> Decimal | None:
     None when it cannot be priced.
     """
     usage = observation.get("usageDetails") or {}
-    tokens = {
-        "input_tokens": usage.get("input", 0),
-        "output_tokens": usage.get("output", 0),
-        "cached_tokens": usage.get(CACHED_INPUT_KEY, 0),
-    }
-    langfuse_cost = observation.get("totalCost")
-    if not any(tokens.values()) and not langfuse_cost:
-        return Decimal(0)
-    price = price_for_model(observation.get("model"))
-    if price is not None:
-        return price.cost(**tokens)
-    if langfuse_cost is not None:
-        return Decimal(str(langfuse_cost))
-    return None
+    total_cost = observation.get("totalCost")
+    details = observation.get("costDetails") or {}
+    return price_usage(
+        model=observation.get("model"),
+        usage={key: count for key, count in usage.items() if key != "total"},
+        langfuse_cost=None if total_cost is None else Decimal(str(total_cost)),
+        langfuse_cost_details={k: Decimal(str(v)) for k, v in details.items()},
+    ).cost
 
 
 def baseline_sample(traces: int, sample: int, seed: int, days: int, now: datetime):

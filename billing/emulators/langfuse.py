@@ -19,6 +19,10 @@ Observations are served newest first, as Langfuse serves them (``startTime``
 descending; the emulator breaks ties by id, also descending), so the cursor
 pages backwards in time. ``newest_first=False`` serves them oldest first.
 
+Stored usage is completed as Langfuse's ingestion completes it: a ``total``
+(the sum) where the usage has none and, for an observation sent with usage
+but no cost, Langfuse's own cost from its model prices (``langfuse_cost``).
+
 Faults (``Faults``) are rolled per request after authentication and the
 per-key rate limit; the health check, which needs no credentials, rolls them
 before anything else. ``key_faults`` maps a public key to the ``Faults`` used
@@ -53,14 +57,18 @@ import hashlib
 import hmac
 import json
 import marshal
+import re
 import sys
 import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from billing.emulators.base import (
@@ -145,6 +153,79 @@ _ACCEPTED_FIELDS = frozenset(_STORED_FIELDS) | _ROW_FIELDS | {"projectId"}
 _TIME_FIELDS = ("endTime", "completionStartTime", "createdAt", "updatedAt")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+
+# The models the emulated Langfuse prices: those of the app's price data,
+# which are Langfuse's default model prices (standard tier) plus the few we
+# added, as a Langfuse project that defined those itself would price them.
+MODEL_PRICES_FILE = Path(__file__).resolve().parent.parent / "model_prices.json"
+_COST_QUANTUM = Decimal("1e-12")  # Langfuse stores costs as Decimal64(12)
+
+
+@functools.cache
+def _model_prices() -> tuple[tuple[re.Pattern[str], Mapping[str, Decimal]], ...]:
+    entries = json.loads(MODEL_PRICES_FILE.read_text())
+    return tuple(
+        (
+            re.compile(entry["matchPattern"]),
+            MappingProxyType(
+                {key: Decimal(str(price)) for key, price in entry["prices"].items()}
+            ),
+        )
+        for entry in entries
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def langfuse_model_prices(model: str | None) -> Mapping[str, Decimal] | None:
+    """The prices, USD per usage unit, the emulated Langfuse has for ``model``."""
+    for pattern, prices in _model_prices():
+        if model and pattern.search(model):
+            return prices
+    return None
+
+
+def langfuse_cost(
+    model: str | None, usage: Mapping[str, int]
+) -> dict[str, Decimal] | None:
+    """
+    Langfuse's costDetails for ``usage`` of ``model``, as its ingestion
+    computes them when none were sent (IngestionService.calculateUsageCosts):
+    ``usage`` gets its ``total`` (the sum) if it has none, every key with a
+    price of the model costs count * price, and ``total``, the totalCost, is
+    the cost of the ``total`` key where the model prices it, else the sum.
+    None when Langfuse prices neither the model nor any key of ``usage``.
+    """
+    prices = langfuse_model_prices(model)
+    if prices is None:
+        return None
+    if "total" not in usage:
+        usage = {**usage, "total": sum(usage.values())}
+    details = {
+        key: (count * prices[key]).quantize(_COST_QUANTUM)
+        for key, count in usage.items()
+        if key in prices
+    }
+    if not details:
+        return None
+    details.setdefault("total", sum(details.values(), Decimal(0)))
+    return details
+
+
+def _add_langfuse_cost(values: dict[str, Any]) -> None:
+    """Complete stored usage as Langfuse does: its total, and the cost if none."""
+    usage = values["usageDetails"]
+    if not usage or not all(
+        isinstance(count, int) and count >= 0 for count in usage.values()
+    ):
+        return  # nothing to complete, or corrupt on purpose: stored as given
+    if "total" not in usage:
+        usage = values["usageDetails"] = {**usage, "total": sum(usage.values())}
+    if values["costDetails"] or values["totalCost"] is not None:
+        return  # a cost sent with the observation is authoritative
+    details = langfuse_cost(values["model"], usage)
+    if details is not None:
+        values["costDetails"] = {key: float(cost) for key, cost in details.items()}
+        values["totalCost"] = values["costDetails"]["total"]
 
 
 class _BadRequest(Exception):
@@ -516,6 +597,7 @@ class LangfuseEmulator:
         for name, default in defaults.items():
             if values[name] is None:
                 values[name] = default
+        _add_langfuse_cost(values)
         # Langfuse derives the metrics group from the timestamps.
         if values["latency"] is None and "endTime" in micros:
             seconds = (micros["endTime"] - start_micros) / 1_000_000

@@ -10,10 +10,19 @@ What the data looks like, per tenant:
 
 - Traces of 2 to 7 observations: a root ``AGENT`` or ``SPAN`` named after the
   agent, 1 to 4 ``GENERATION`` children with usage, sometimes a ``TOOL`` span
-  and an ``EMBEDDING``. Costs follow public list prices (``MODEL_PRICES``).
-- Cached input tokens appear under ``usageDetails["cache_read_input_tokens"]``
-  (``CACHED_INPUT_KEY``), priced at the cached rate; ``usageDetails["input"]``
-  counts only the uncached input tokens and ``total`` sums every count.
+  and an ``EMBEDDING``.
+- Usage carries one key per kind of token the model's prices define, under
+  one of the names Langfuse prices (``USAGE_KINDS``): ``input`` and
+  ``output`` always; a cache read key (``cache_read_input_tokens`` where
+  priced, else ``input_cached_tokens``) on a share of the calls;
+  ``cache_creation_input_tokens`` on some Anthropic calls;
+  ``output_reasoning_tokens`` on every call of a reasoning model (twice the
+  answer); ``input_audio_tokens`` now and then where priced. The buckets are
+  disjoint (``input`` counts only uncached, unwritten prompt tokens) and
+  ``total`` sums them. Embeddings carry ``input`` and ``total``.
+- Costs are Langfuse's own (``langfuse_cost``: the emulated Langfuse's model
+  prices, which are the app's price data), one ``costDetails`` entry per
+  priced key plus ``total``, and ``totalCost``.
 - A small fraction of generations use a model Langfuse does not know: some
   with a cost ingested by the caller (``CUSTOM_PRICED_MODEL``), some with no
   cost at all (``UNPRICED_MODEL``).
@@ -38,6 +47,7 @@ whose scope nothing else touches, so its daily cost is flat apart from it:
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Iterator
@@ -46,12 +56,16 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from billing.emulators.langfuse import format_timestamp, to_micros
+from billing.emulators.langfuse import (
+    format_timestamp,
+    langfuse_cost,
+    langfuse_model_prices,
+    to_micros,
+)
 
 if TYPE_CHECKING:
     from billing.emulators.langfuse import LangfuseEmulator
 
-CACHED_INPUT_KEY = "cache_read_input_tokens"
 CUSTOM_PRICED_MODEL = "acme-distilled-v2"
 UNPRICED_MODEL = "local-llama-3-8b-ft"
 
@@ -64,51 +78,55 @@ _QUANTUM = Decimal("1e-12")  # Langfuse stores costs as Decimal(18, 12)
 _MICROS = 1_000_000
 _DAY_MICROS = 86_400 * _MICROS
 
-
-@dataclass(frozen=True)
-class ModelPrice:
-    """Public list prices in USD per million tokens."""
-
-    input: Decimal
-    output: Decimal
-    cached_input: Decimal | None = None
-
-    def cost(self, usage: dict[str, int]) -> dict[str, float]:
-        """
-        Return Langfuse-style costDetails for ``usage``: one entry per usage
-        key plus ``total``, each rounded to Langfuse's 12 decimal places.
-        """
-        rates = {"input": self.input, "output": self.output}
-        if self.cached_input is not None:
-            rates[CACHED_INPUT_KEY] = self.cached_input
-        parts = {
-            key: (Decimal(count) * rates[key] / _MICROS).quantize(_QUANTUM)
-            for key, count in usage.items()
-            if key != "total"
-        }
-        details = {key: float(value) for key, value in parts.items()}
-        details["total"] = float(sum(parts.values(), Decimal(0)))
-        return details
-
-
-MODEL_PRICES: dict[str, ModelPrice] = {
-    "gpt-4o": ModelPrice(Decimal("2.50"), Decimal("10.00"), Decimal("1.25")),
-    "gpt-4o-mini": ModelPrice(Decimal("0.15"), Decimal("0.60"), Decimal("0.075")),
-    "o3-mini": ModelPrice(Decimal("1.10"), Decimal("4.40"), Decimal("0.55")),
-    "claude-3-5-sonnet-20241022": ModelPrice(
-        Decimal("3.00"), Decimal("15.00"), Decimal("0.30")
-    ),
-    "claude-3-5-haiku-20241022": ModelPrice(
-        Decimal("0.80"), Decimal("4.00"), Decimal("0.08")
-    ),
-    "gemini-1.5-pro": ModelPrice(Decimal("1.25"), Decimal("5.00"), Decimal("0.3125")),
-    "text-embedding-3-small": ModelPrice(Decimal("0.02"), Decimal("0")),
-}
-# What the tenant pays its own provider; Langfuse has no price for it, so the
-# cost arrives with the observation.
-CUSTOM_PRICE = ModelPrice(Decimal("0.40"), Decimal("1.60"))
-CHAT_MODELS = tuple(name for name in MODEL_PRICES if name != "text-embedding-3-small")
+CHAT_MODELS = (
+    "gpt-4o",
+    "gpt-4o-mini",
+    "o3-mini",
+    "claude-3-5-sonnet-20241022",
+    "claude-3-5-haiku-20241022",
+    "claude-sonnet-4-20250514",
+    "gemini-1.5-pro",
+    "gemini-2.5-flash",
+)
 EMBEDDING_MODEL = "text-embedding-3-small"
+# The usage key a generation uses for each kind of token, first one its
+# model prices; a kind the model does not price does not appear.
+USAGE_KINDS: dict[str, tuple[str, ...]] = {
+    "cache_read": ("cache_read_input_tokens", "input_cached_tokens"),
+    "cache_write": ("cache_creation_input_tokens",),
+    "reasoning": ("output_reasoning_tokens",),
+    "audio": ("input_audio_tokens",),
+}
+CACHE_WRITE_FRACTION = 0.3  # calls of a cache-writing model that write
+AUDIO_FRACTION = 0.1  # calls of an audio model that carry audio
+REASONING_FACTOR = 2  # reasoning tokens per answer token
+# What the tenant pays its own provider, USD per token; Langfuse has no price
+# for the model, so the cost arrives with the observation.
+CUSTOM_PRICES = {"input": Decimal("0.0000004"), "output": Decimal("0.0000016")}
+
+
+@functools.lru_cache(maxsize=256)
+def usage_keys(model: str) -> dict[str, str]:
+    """The usage key of each kind of token the model prices (``USAGE_KINDS``)."""
+    prices = langfuse_model_prices(model) or {}
+    keys = {}
+    for kind, candidates in USAGE_KINDS.items():
+        key = next((key for key in candidates if key in prices), None)
+        if key is not None:
+            keys[kind] = key
+    return keys
+
+
+def _custom_cost(usage: dict[str, int]) -> dict[str, float]:
+    parts = {
+        key: (count * CUSTOM_PRICES[key]).quantize(_QUANTUM)
+        for key, count in usage.items()
+        if key in CUSTOM_PRICES
+    }
+    details = {key: float(value) for key, value in parts.items()}
+    details["total"] = float(sum(parts.values(), Decimal(0)))
+    return details
+
 
 _TENANTS = (
     ("acme", "Acme Corp"),
@@ -679,7 +697,7 @@ class _TraceBuilder:
                 duration = rng.randint(50, 2000) * 1000
             elif kind == "EMBEDDING":
                 duration = rng.randint(50, 500) * 1000
-                self._usage(child, EMBEDDING_MODEL, rng.randint(50, 2000), 0, 0)
+                self._usage(child, EMBEDDING_MODEL, {"input": rng.randint(50, 2000)})
                 child["name"] = "embed-query"
             else:
                 duration = self._generation(child, plan)
@@ -717,51 +735,50 @@ class _TraceBuilder:
                 60_000, max(50, round(rng.lognormvariate(math.log(1500), 0.8)))
             )
             output = min(8_000, max(10, round(rng.lognormvariate(math.log(300), 0.7))))
-            if model == "o3-mini":
-                output *= 3  # reasoning tokens are billed as output
         if plan.factor != 1.0:
             prompt = max(1, round(prompt * plan.factor))
             output = max(1, round(output * plan.factor))
-        cached = 0
-        price = MODEL_PRICES.get(model)
-        if (
-            plan.kind != "series"
-            and price is not None
-            and price.cached_input is not None
-            and rng.random() < self.scenario.cache_fraction
-        ):
-            cached = round(prompt * rng.uniform(0.3, 0.85))
+        # The series stay steady: no cache or audio, whose shares vary.
+        keys = usage_keys(model)
+        usage = {"input": prompt, "output": output}
+        if plan.kind != "series":
+            if "cache_read" in keys and rng.random() < self.scenario.cache_fraction:
+                cached = round(prompt * rng.uniform(0.3, 0.85))
+                usage[keys["cache_read"]] = cached
+                usage["input"] -= cached
+            if "cache_write" in keys and rng.random() < CACHE_WRITE_FRACTION:
+                written = round(usage["input"] * rng.uniform(0.2, 0.6))
+                usage[keys["cache_write"]] = written
+                usage["input"] -= written
+            if "audio" in keys and rng.random() < AUDIO_FRACTION:
+                usage[keys["audio"]] = rng.randint(200, 5000)
         if rng.random() < 0.02:
             child["level"] = "ERROR"
             child["statusMessage"] = "upstream provider returned 529 overloaded"
-            output = 0
-        self._usage(child, model, prompt - cached, output, cached)
+            usage["output"] = 0
+        if "reasoning" in keys:
+            usage[keys["reasoning"]] = REASONING_FACTOR * usage["output"]
+        self._usage(child, model, usage)
         child["modelParameters"] = {
             "temperature": rng.choice((0.0, 0.2, 0.7)),
             "max_tokens": rng.choice((1024, 4096)),
         }
         child["completionStartTime"] = None  # set by the caller from the duration
-        return rng.randint(400, 2500) * 1000 + output * 8000
+        generated = usage["output"] + usage.get(keys.get("reasoning", ""), 0)
+        return rng.randint(400, 2500) * 1000 + generated * 8000
 
     @staticmethod
-    def _usage(
-        child: dict[str, Any], model: str, prompt: int, output: int, cached: int
-    ) -> None:
-        usage = {"input": prompt, "output": output}
-        if cached:
-            usage[CACHED_INPUT_KEY] = cached
-        usage["total"] = prompt + output + cached
-        price = MODEL_PRICES.get(model)
-        if model == CUSTOM_PRICED_MODEL:
-            price = CUSTOM_PRICE
+    def _usage(child: dict[str, Any], model: str, usage: dict[str, int]) -> None:
+        """Set the model, usage and Langfuse's cost of a generation."""
+        usage["total"] = sum(usage.values())
         child["model"] = model
-        child["internalModelId"] = (
-            f"lf-model-{model}" if model in MODEL_PRICES else None
-        )
         child["usageDetails"] = usage
-        if price is None:
-            child["costDetails"] = {}
-            child["totalCost"] = None
+        if model == CUSTOM_PRICED_MODEL:
+            details = _custom_cost(usage)
         else:
-            child["costDetails"] = price.cost(usage)
-            child["totalCost"] = child["costDetails"]["total"]
+            costs = langfuse_cost(model, usage)
+            details = {k: float(v) for k, v in costs.items()} if costs else {}
+        known = langfuse_model_prices(model) is not None
+        child["internalModelId"] = f"lf-model-{model}" if known else None
+        child["costDetails"] = details
+        child["totalCost"] = details.get("total")

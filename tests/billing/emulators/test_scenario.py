@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
-from billing.emulators.langfuse import LangfuseEmulator, parse_timestamp
+from billing.emulators.langfuse import LangfuseEmulator, langfuse_cost, parse_timestamp
 from billing.emulators.scenario import (
-    CACHED_INPUT_KEY,
     CUSTOM_PRICED_MODEL,
-    MODEL_PRICES,
+    REASONING_FACTOR,
     SETTLE_SECONDS,
     UNPRICED_MODEL,
     Scenario,
     ScenarioTenant,
     generate_scenario,
+    usage_keys,
 )
 from tests.fixtures.langfuse import SCENARIO_NOW, credentials_for
 
@@ -105,41 +105,75 @@ def test_traces_are_well_formed(scenario):
     assert 0.7 < with_epic / len(traces) < 1
 
 
-def test_costs_follow_list_prices(scenario):
-    seen_models, cached = set(), 0
+def test_costs_are_langfuse_costs_of_every_usage_key(scenario):
+    seen_models, seen_keys = set(), set()
     for item in observations(scenario, scenario.tenants[0]):
         usage = item.get("usageDetails")
         if not usage:
             continue
-        seen_models.add(item["model"])
-        cached += CACHED_INPUT_KEY in usage
+        model = item["model"]
+        seen_models.add(model)
+        seen_keys |= set(usage)
         assert usage["total"] == sum(v for k, v in usage.items() if k != "total")
-        if item["model"] == UNPRICED_MODEL:
+        assert min(usage.values()) >= 0
+        if model == UNPRICED_MODEL:
             assert item["costDetails"] == {} and item["totalCost"] is None
             continue
         assert item["totalCost"] == item["costDetails"]["total"] > 0
-        if item["model"] in MODEL_PRICES:
-            expected = MODEL_PRICES[item["model"]].cost(usage)
-            assert item["costDetails"] == expected
+        if model == CUSTOM_PRICED_MODEL:
+            continue
+        expected = langfuse_cost(model, usage)
+        assert item["costDetails"] == {k: float(v) for k, v in expected.items()}
+        # One key per kind the model prices, and only those.
+        assert set(usage) - {"input", "output", "total"} <= set(
+            usage_keys(model).values()
+        )
+        if "reasoning" in usage_keys(model):
+            key = usage_keys(model)["reasoning"]
+            assert usage[key] == REASONING_FACTOR * usage["output"]
 
     assert {"gpt-4o", "claude-3-5-sonnet-20241022", "text-embedding-3-small"} <= (
         seen_models
     )
     assert {CUSTOM_PRICED_MODEL, UNPRICED_MODEL} <= seen_models
-    assert cached > 0
+    assert {
+        "cache_read_input_tokens",
+        "input_cached_tokens",
+        "cache_creation_input_tokens",
+        "output_reasoning_tokens",
+        "input_audio_tokens",
+    } <= seen_keys
+
+
+def test_usage_keys_follow_the_model_prices():
+    assert usage_keys("gpt-4o") == {"cache_read": "cache_read_input_tokens"}
+    assert usage_keys("o3-mini") == {
+        "cache_read": "input_cached_tokens",
+        "reasoning": "output_reasoning_tokens",
+    }
+    assert usage_keys("claude-sonnet-4-20250514") == {
+        "cache_read": "cache_read_input_tokens",
+        "cache_write": "cache_creation_input_tokens",
+    }
+    assert usage_keys("gemini-2.5-flash") == {
+        "cache_read": "input_cached_tokens",
+        "reasoning": "output_reasoning_tokens",
+        "audio": "input_audio_tokens",
+    }
+    assert usage_keys(UNPRICED_MODEL) == {}
 
 
 def test_gpt_4o_price_example():
-    usage = {"input": 1000, "output": 500, CACHED_INPUT_KEY: 2000, "total": 3500}
+    usage = {"input": 1000, "output": 500, "cache_read_input_tokens": 2000}
 
-    cost = MODEL_PRICES["gpt-4o"].cost(usage)
+    cost = langfuse_cost("gpt-4o", usage)
 
     # $2.50, $10 and $1.25 per million tokens.
     assert cost == {
-        "input": 0.0025,
-        "output": 0.005,
-        CACHED_INPUT_KEY: 0.0025,
-        "total": 0.01,
+        "input": Decimal("0.0025"),
+        "output": Decimal("0.005"),
+        "cache_read_input_tokens": Decimal("0.0025"),
+        "total": Decimal("0.01"),
     }
 
 

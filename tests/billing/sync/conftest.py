@@ -20,7 +20,7 @@ from django.utils import timezone
 from billing.emulators.langfuse import LangfuseEmulator, format_timestamp, to_micros
 from billing.emulators.stripe import StripeEmulator
 from billing.models import StripeReport, Tenant, UsageAdjustment, UsageRecord
-from billing.pricing import price_for_model
+from billing.pricing import price_usage
 from billing.tenancy import tenant_context
 from tests.factories import TenantFactory
 
@@ -158,11 +158,21 @@ class World:
 
 
 def expected_cost(generations) -> Decimal:
+    """What the app bills for ``World.trace`` generations, priced as it prices."""
     total = Decimal(0)
-    for model, input_tokens, output_tokens, cached, *_ in generations:
-        total += price_for_model(model).cost(
-            input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached
+    for model, input_tokens, output_tokens, cached, *cost in generations:
+        usage = {
+            "input": input_tokens,
+            "output": output_tokens,
+            "cache_read_input_tokens": cached,
+        }
+        priced = price_usage(
+            model=model,
+            usage=usage,
+            langfuse_cost=Decimal(str(cost[0])) if cost else None,
         )
+        assert priced.cost is not None, priced.reason
+        total += priced.cost
     return total
 
 
