@@ -39,7 +39,7 @@ from billing.services import (
     tenant_set_status,
     tenant_update,
 )
-from billing.stripe_sink import report_transition
+from billing.stripe_sink import report_retry
 
 
 def request_actor(request: HttpRequest) -> Actor:
@@ -339,16 +339,18 @@ class StripeReportAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelA
     @admin.action(description="Retry selected failed reports", permissions=["retry"])
     def retry(self, request, queryset) -> None:
         retried = 0
-        for report in queryset.filter(status=StripeReport.Status.FAILED):
-            retried += report_transition(
-                report=report,
-                to=StripeReport.Status.PENDING,
-                actor=request_actor(request),
-                from_statuses=(StripeReport.Status.FAILED,),
-                count_attempt=False,
-            )
+        failed = queryset.filter(status=StripeReport.Status.FAILED)
+        for report_id in failed.values_list("pk", flat=True):
+            try:
+                retried += report_retry(
+                    report_id=report_id, actor=request_actor(request)
+                )
+            except InvalidTransition as exc:
+                self.message_user(request, str(exc), messages.WARNING)
         self.message_user(
-            request, f"{retried} report(s) queued again; the next sync sends them."
+            request,
+            f"{retried} report(s) queued again for the tenant's current Stripe "
+            "customer and meter; the next sync sends them.",
         )
 
 

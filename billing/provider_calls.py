@@ -12,6 +12,7 @@ errors count towards the circuit breaker, never a tenant's own 4xx.
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -74,6 +75,7 @@ class Failure:
     status: int | None = None
     code: str | None = None
     retry_after: float | None = None
+    param: str | None = None
 
 
 def _retry_after(headers) -> float | None:
@@ -93,6 +95,59 @@ def _kind(status: int | None) -> str:
     return PERMANENT
 
 
+# Stripe's refusal of a meter event whose identifier it already has. The
+# OpenAPI spec names it ``duplicate_meter_event``; the v1 endpoint has been
+# seen answering a 400 with no code and only this message. The message is
+# matched here and never kept: the Failure carries the normalised code only.
+STRIPE_DUPLICATE_EVENT = "duplicate_meter_event"
+_STRIPE_DUPLICATE_MESSAGE = re.compile(
+    r"already exists with identifier|duplicate identifier", re.IGNORECASE
+)
+
+
+def _stripe_code(exc: stripe.StripeError, status: int | None) -> str | None:
+    code = exc.code if isinstance(exc.code, str) else None
+    message = exc.user_message if isinstance(exc.user_message, str) else ""
+    if code is None and status == 400 and _STRIPE_DUPLICATE_MESSAGE.search(message):
+        return STRIPE_DUPLICATE_EVENT
+    return code
+
+
+def _unreadable(exc: stripe.StripeError) -> bool:
+    """
+    Whether stripe-python could not read Stripe's answer: it then raises a
+    bare APIError with the HTTP status, even a 200, and no error object.
+    """
+    if exc.http_status is not None and 200 <= exc.http_status < 300:
+        return True
+    body = exc.json_body
+    readable = isinstance(body, dict) and isinstance(body.get("error"), dict)
+    return type(exc) is stripe.APIError and not readable
+
+
+def _classify_stripe(exc: stripe.StripeError) -> Failure:
+    status = exc.http_status
+    if _unreadable(exc):
+        # The request may well have gone through (a 200 cut short, a refusal
+        # as a duplicate we cannot read): the outcome is unknown, which is a
+        # retry under a new key, never a rejection.
+        return Failure(TRANSIENT, f"HTTP {status} with an unreadable body", status)
+    code = _stripe_code(exc, status)
+    param = getattr(exc, "param", None)
+    param = param if isinstance(param, str) else None
+    detail = f"HTTP {status}" + (f" {code}" if code else "")
+    if param and _kind(status) == PERMANENT:
+        detail += f" (param {param})"
+    return Failure(
+        _kind(status),
+        detail,
+        status,
+        code,
+        retry_after=_retry_after(exc.headers),
+        param=param,
+    )
+
+
 def classify(exc: BaseException) -> Failure | None:
     """Describe a provider failure without any text the provider sent back."""
     if isinstance(exc, LangfuseApiError):
@@ -104,15 +159,7 @@ def classify(exc: BaseException) -> Failure | None:
     if isinstance(exc, stripe.APIConnectionError):
         return Failure(TRANSIENT, "connection error")
     if isinstance(exc, stripe.StripeError):
-        status = exc.http_status
-        code = exc.code if isinstance(exc.code, str) else None
-        param = getattr(exc, "param", None)
-        detail = f"HTTP {status}" + (f" {code}" if code else "")
-        if param and _kind(status) == PERMANENT:
-            detail += f" (param {param})"
-        return Failure(
-            _kind(status), detail, status, code, retry_after=_retry_after(exc.headers)
-        )
+        return _classify_stripe(exc)
     if isinstance(exc, httpx.TransportError):
         return Failure(TRANSIENT, f"transport error ({type(exc).__name__})")
     return None

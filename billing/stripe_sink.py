@@ -12,20 +12,37 @@ Meter values are integers. The exact amount is kept, and each batch's value is
 carried from batch to batch and the meter total never drifts from the ledger
 by a whole unit. A batch that nets negative (Langfuse revised usage down) sends
 nothing and its credit is taken off the following batches.
+
+Sending: Stripe saves the first answer of an Idempotency-Key, 500s included,
+and replays it for every later request with that key. So the key is never
+the identifier alone: each try of a report gets its own key, derived from the
+identifier, the report's ``attempts`` (one per send run) and the try number,
+deterministic and never reused. An unknown outcome (5xx, lost connection, a
+200 whose body cannot be read) is retried with the same identifier under a
+new key; if the first try was recorded, Stripe refuses the identifier as a
+duplicate, and that refusal means "recorded": the report is sent.
+
+A report Stripe rejects for good (no such customer, no meter for the event
+name) is failed with a reason that says what to fix, the run fails with the
+same reason, and it stays failed until an operator fixes the tenant and
+retries it (``report_retry``), which re-targets it at the tenant's current
+customer and meter event name.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_FLOOR, Decimal
 
 import stripe
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import F, Max, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
@@ -41,12 +58,14 @@ from billing.models import (
 from billing.models.ledger import BillingStatus
 from billing.models.tenants import MeterUnit
 from billing.provider_calls import (
+    STRIPE_DUPLICATE_EVENT,
     Failure,
     PermanentProviderError,
     ProviderAuthError,
     ProviderCaller,
     ProviderError,
 )
+from billing.services import InvalidTransition
 from billing.tenancy import tenant_context
 
 logger = logging.getLogger(__name__)
@@ -199,9 +218,87 @@ def reports_create(*, tenant: Tenant, now: datetime | None = None) -> Batched:
 
 
 def _already_recorded(failure: Failure) -> bool | None:
-    # A re-send of an identifier Stripe has: the first send went through
-    # before a crash or a lost response. That is success, not an error.
-    return True if failure.code == "resource_already_exists" else None
+    """
+    Stripe refused the identifier because it has it: an earlier try (an
+    unknown outcome, or a run that crashed before it committed) went through.
+    That is success, not an error. Accepted shapes: the OpenAPI spec's
+    ``duplicate_meter_event`` (a message-only 400 is normalised to it by
+    ``classify``) and ``resource_already_exists`` on the identifier.
+    """
+    if failure.status != 400:
+        return None
+    if failure.code == STRIPE_DUPLICATE_EVENT:
+        return True
+    if failure.code == "resource_already_exists" and failure.param in (
+        "identifier",
+        None,
+    ):
+        return True
+    return None
+
+
+def idempotency_key(identifier: str, attempt: int, try_number: int) -> str:
+    """
+    The Idempotency-Key of one try: ``attempt`` is the report's ``attempts``
+    when the run picked it up (it grows by one per run that handles it),
+    ``try_number`` counts the tries within that run. A key is never sent
+    twice with a different outcome in mind, so a saved 500 is never replayed
+    at us again.
+    """
+    return f"{identifier}-try-{attempt}-{try_number}"
+
+
+# What the operator should do about a rejection, by Stripe error code.
+_CUSTOMER_CODES = {"meter_event_customer_not_found", "meter_event_no_customer_defined"}
+_METER_CODES = {"no_meter", "archived_meter"}
+_TIMESTAMP_CODES = {"timestamp_too_far_in_past", "timestamp_in_future"}
+RETRY_HINT = "then retry the failed reports"
+
+
+def rejection_hint(failure: Failure | None) -> str:
+    """An operator's next step for a report Stripe rejected; no provider text."""
+    code = failure.code if failure else None
+    param = (failure.param if failure else None) or ""
+    if code in _TIMESTAMP_CODES:
+        return (
+            "Stripe takes meter events of the last 35 days only; "
+            "bill this usage by hand"
+        )
+    if code in _CUSTOMER_CODES or (code == "resource_missing" and "customer" in param):
+        return (
+            "set the tenant's Stripe customer id to an existing customer, " + RETRY_HINT
+        )
+    if code in _METER_CODES or param == "event_name":
+        return (
+            "set the tenant's meter event name to an active Stripe meter, " + RETRY_HINT
+        )
+    return f"fix the tenant's Stripe settings, {RETRY_HINT}"
+
+
+class ReportsRejected(Exception):
+    """
+    Stripe rejected reports of a run for good (4xx other than 408/429).
+
+    The message is sanitized: counts, status, Stripe error code and param,
+    and what to do; never text Stripe sent back.
+    """
+
+    def __init__(self, rejections: Counter[tuple[str, str]], deferred: int = 0) -> None:
+        self.rejections = rejections
+        self.deferred = deferred
+        total = sum(rejections.values())
+        details: Counter[str] = Counter()
+        for (detail, _hint), count in rejections.items():
+            details[detail] += count
+        if len(details) == 1:
+            [what] = details
+        else:
+            what = ", ".join(f"{n} x {detail}" for detail, n in sorted(details.items()))
+        hints = "; ".join(sorted({hint for _detail, hint in rejections}))
+        message = f"Stripe rejected {total} report(s): {what}; {hints}"
+        if deferred:
+            message += f"; {deferred} other report(s) left pending after retries"
+        super().__init__(message)
 
 
 @dataclass
@@ -210,6 +307,17 @@ class SendResult:
     failed: int = 0
     deferred: int = 0
     calls: int = 0
+    # Usage records of the reports sent by this call: what is billed now.
+    records: int = 0
+    # (error detail, what to do) -> number of reports Stripe rejected so.
+    rejections: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status: str  # "sent", "failed" or "deferred"
+    records: int = 0
+    rejection: tuple[str, str] | None = None
 
 
 def report_transition(
@@ -248,36 +356,105 @@ def report_transition(
         return bool(updated)
 
 
+@transaction.atomic
+def report_retry(*, report_id: int, actor: Actor) -> bool:
+    """
+    Queue a failed report again, aimed at the tenant's current Stripe customer
+    and meter event name (the operator fixed them after the rejection).
+
+    The report keeps its identifier: Stripe did not record a rejected event,
+    and the identifier is what de-duplicates the re-send. The next sync sends
+    it under a fresh Idempotency-Key (its ``attempts`` grew when it failed).
+    The report is looked up in the caller's tenant scope. Returns False if it
+    is no longer failed (another operator retried it first); raises
+    InvalidTransition if the tenant has nowhere to send it.
+    """
+    report = StripeReport.objects.select_related("tenant").get(pk=report_id)
+    tenant = report.tenant
+    missing = [
+        label
+        for label, value in (
+            ("Stripe customer id", tenant.stripe_customer_id),
+            ("meter event name", tenant.stripe_meter_event_name),
+        )
+        if not value
+    ]
+    if missing:
+        raise InvalidTransition(
+            f"Tenant {tenant.slug} has no {' and no '.join(missing)}; "
+            "set it before retrying its reports."
+        )
+    with tenant_context([tenant.pk]):
+        updated = StripeReport.objects.filter(
+            pk=report.pk, status=StripeReport.Status.FAILED
+        ).update(
+            status=StripeReport.Status.PENDING,
+            stripe_customer_id=tenant.stripe_customer_id,
+            event_name=tenant.stripe_meter_event_name,
+            last_error="",
+        )
+        if updated:
+            audit_log_write(
+                actor=actor,
+                action="report.retry",
+                obj=report,
+                tenant=tenant,
+                before={
+                    "status": report.status,
+                    "stripe_customer_id": report.stripe_customer_id,
+                    "event_name": report.event_name,
+                    "error": report.last_error,
+                },
+                after={
+                    "status": StripeReport.Status.PENDING,
+                    "stripe_customer_id": tenant.stripe_customer_id,
+                    "event_name": tenant.stripe_meter_event_name,
+                },
+            )
+    return bool(updated)
+
+
 def _send_one(
     *,
     tenant: Tenant,
     report_id: int,
     caller: ProviderCaller,
     client: stripe.StripeClient,
-) -> str:
+) -> _Outcome:
     actor = Actor.job()
     try:
         with tenant_context([tenant.pk]):
             report = StripeReport.objects.select_related("tenant").get(
                 pk=report_id, status=StripeReport.Status.PENDING
             )
+        tries = itertools.count()
+        failures: list[Failure] = []
+
+        def create_event():
+            return client.v1.billing.meter_events.create(
+                params={
+                    "event_name": report.event_name,
+                    "identifier": report.identifier,
+                    "timestamp": int(report.timestamp.timestamp()),
+                    "payload": {
+                        "stripe_customer_id": report.stripe_customer_id,
+                        "value": str(report.value),
+                    },
+                },
+                options={
+                    "idempotency_key": idempotency_key(
+                        report.identifier, report.attempts, next(tries)
+                    )
+                },
+            )
+
+        def on_failure(failure: Failure) -> bool | None:
+            failures.append(failure)
+            return _already_recorded(failure)
+
         try:
             if report.value > 0:
-                caller.call(
-                    lambda: client.v1.billing.meter_events.create(
-                        params={
-                            "event_name": report.event_name,
-                            "identifier": report.identifier,
-                            "timestamp": int(report.timestamp.timestamp()),
-                            "payload": {
-                                "stripe_customer_id": report.stripe_customer_id,
-                                "value": str(report.value),
-                            },
-                        },
-                        options={"idempotency_key": report.identifier},
-                    ),
-                    on_failure=_already_recorded,
-                )
+                caller.call(create_event, on_failure=on_failure)
         except ProviderAuthError:
             # The platform's Stripe key is wrong: no report can go; stop the
             # run with the reports left pending rather than failing them all.
@@ -289,23 +466,24 @@ def _send_one(
             )
             raise
         except PermanentProviderError as exc:
+            hint = rejection_hint(failures[-1] if failures else None)
             report_transition(
                 report=report,
                 to=StripeReport.Status.FAILED,
                 actor=actor,
-                error=str(exc),
+                error=f"{exc}; {hint}",
             )
-            return "failed"
+            return _Outcome("failed", rejection=(exc.detail, hint))
         except ProviderError as exc:
             report_transition(
                 report=report,
                 to=StripeReport.Status.PENDING,
                 actor=actor,
-                error=str(exc),
+                error=f"{exc}; the next sync retries it",
             )
-            return "deferred"
+            return _Outcome("deferred")
         report_transition(report=report, to=StripeReport.Status.SENT, actor=actor)
-        return "sent"
+        return _Outcome("sent", records=report.record_count)
     finally:
         # Each pool thread has its own connection; do not leave it open.
         connection.close()
@@ -317,7 +495,11 @@ def reports_send(
     caller: ProviderCaller,
     concurrency: int,
 ) -> SendResult:
-    """Push the tenant's pending reports, ``concurrency`` at a time."""
+    """
+    Push the tenant's pending reports, ``concurrency`` at a time.
+
+    Failed reports are not sent: they wait for an operator (``report_retry``).
+    """
     client = stripe_client()
     with tenant_context([tenant.pk]):
         report_ids = list(
@@ -330,7 +512,7 @@ def reports_send(
     if not report_ids:
         return result
 
-    def send(report_id: int) -> str:
+    def send(report_id: int) -> _Outcome:
         return _send_one(
             tenant=tenant, report_id=report_id, caller=caller, client=client
         )
@@ -339,5 +521,8 @@ def reports_send(
         max_workers=concurrency, thread_name_prefix=f"stripe-{tenant.pk}"
     ) as pool:
         for outcome in pool.map(send, report_ids):
-            setattr(result, outcome, getattr(result, outcome) + 1)
+            setattr(result, outcome.status, getattr(result, outcome.status) + 1)
+            result.records += outcome.records
+            if outcome.rejection:
+                result.rejections[outcome.rejection] += 1
     return result

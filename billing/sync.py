@@ -43,7 +43,7 @@ from billing.provider_calls import (
     ProviderError,
 )
 from billing.services import tenant_pause_sync
-from billing.stripe_sink import reports_create, reports_send
+from billing.stripe_sink import ReportsRejected, reports_create, reports_send
 from billing.tenancy import tenant_context
 
 logger = logging.getLogger("billing.sync")
@@ -189,15 +189,20 @@ class _Run:
         run = self.run
         batched = reports_create(tenant=self.tenant)
         run.reports_created = batched.reports
-        run.billed = batched.records
         sent = reports_send(
             tenant=self.tenant,
             caller=self.stripe,
             concurrency=self.tenant.sync_concurrency,
         )
         run.reports_sent = sent.sent
+        # Billed is what Stripe has: the records of the reports sent in this
+        # run, not those batched (a rejected or deferred report bills nothing).
+        run.billed = sent.records
         run.failed = sent.failed
         self.count_calls()
+        if sent.failed:
+            # Everything else was sent first; the run fails with what to fix.
+            raise ReportsRejected(sent.rejections, deferred=sent.deferred)
         if sent.deferred:
             raise _Deferred(f"{sent.deferred} report(s) left pending after retries")
 
@@ -262,6 +267,9 @@ def sync_tenant(
                 tenant_pause_sync(
                     tenant_id=tenant.pk, reason=str(exc), actor=Actor.job()
                 )
+        except ReportsRejected as exc:
+            # Failed reports wait for an operator: the reason says what to fix.
+            run.status, run.error = SyncRun.Status.FAILED, str(exc)
         except (ProviderError, _Deferred) as exc:
             run.status, run.error = SyncRun.Status.FAILED, str(exc)
         except Exception as exc:

@@ -29,7 +29,12 @@ Where the emulator is deliberately stricter or simpler than Stripe:
   with a 200 but not counted, and the failure is kept in ``error_reports()``.
 * ``identifier`` uniqueness: Stripe enforces it over a rolling window of at
   least 24 hours; the emulator keeps every identifier forever. A duplicate is
-  a 400 ``resource_already_exists`` with param ``identifier``.
+  a 400 whose shape ``duplicate_error`` picks: ``resource_already_exists``
+  with param ``identifier`` (the default), ``duplicate_meter_event`` (the
+  code Stripe's OpenAPI spec gives the refusal in its v2 error schemas) or
+  ``message_only`` (no code, "An event already exists with identifier ...",
+  as the v1 endpoint has been seen to answer). A client must read all three
+  as "already recorded".
 * Event values must be whole numbers (``-?[0-9]+``); negative values are
   accepted because Stripe documents them as the way to correct usage.
 * Timestamps must be at most 35 * 86400 seconds old and at most 300 seconds
@@ -40,9 +45,16 @@ Where the emulator is deliberately stricter or simpler than Stripe:
   a window exactly one summary is returned (0 when no events); with a window
   only the windows holding events are returned. Summaries are listed newest
   first, like every Stripe list.
-* Idempotency keys live 24 hours. Only 2xx results are stored: Stripe saves
-  no result for requests that failed validation, and injected 429/5xx/resets
-  stand for infrastructure failures that never reached the API.
+* Idempotency keys live 24 hours. Like Stripe, the first result of a key is
+  saved once the endpoint has run, 500s included, and replayed for every
+  later request with that key: a 2xx, or the 500 of the ``500_after_commit``
+  fault (the event is recorded, then the API fails). Stripe saves no result
+  for requests that failed validation (4xx here), and the other injected
+  429/5xx/resets stand for infrastructure failures that never reached the
+  API, so nothing is saved for them either.
+* Answers lost after the API ran (``fail_next(..., after_processing=True)``
+  and the ``cut_body`` fault, a 200 whose JSON is cut in half) keep the real
+  result saved for the key: only the way back failed.
 * A known path with the wrong method is a 405 (with Stripe's error body).
 """
 
@@ -53,6 +65,7 @@ import binascii
 import copy
 import hashlib
 import itertools
+import json
 import re
 import threading
 import time
@@ -75,9 +88,26 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 FORMULAS = ("count", "last", "sum")
 WINDOWS = {"hour": 3600, "day": 86400}
 
-FaultKind = Literal["500", "503", "429", "lock_timeout", "reset", "slow"]
+FaultKind = Literal[
+    "500", "503", "429", "lock_timeout", "reset", "slow", "500_after_commit", "cut_body"
+]
 Validation = Literal["sync", "async"]
-_FAULT_KINDS = ("500", "503", "429", "lock_timeout", "reset", "slow")
+DuplicateError = Literal[
+    "resource_already_exists", "duplicate_meter_event", "message_only"
+]
+_FAULT_KINDS = (
+    "500",
+    "503",
+    "429",
+    "lock_timeout",
+    "reset",
+    "slow",
+    "500_after_commit",
+    "cut_body",
+)
+# Faults that always let the request run first: they break the answer only.
+_AFTER_COMMIT_KINDS = ("500_after_commit", "cut_body")
+_DUPLICATE_ERRORS = ("resource_already_exists", "duplicate_meter_event", "message_only")
 
 _KEY_PREFIX = re.compile(r"^(?:sk|rk|pk)_(?:test|live)_")
 _PARAM_NAME = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
@@ -157,6 +187,35 @@ def _missing(param: str) -> StripeError:
 
 def _invalid(param: str, message: str, code: str | None = None) -> StripeError:
     return StripeError(400, message, code=code, param=param)
+
+
+def _duplicate_identifier(identifier: str, style: DuplicateError) -> StripeError:
+    if style == "duplicate_meter_event":
+        return StripeError(
+            400,
+            "A meter event with a duplicate identifier has already been submitted.",
+            code="duplicate_meter_event",
+        )
+    if style == "message_only":
+        return StripeError(
+            400, f"An event already exists with identifier {identifier}."
+        )
+    return _invalid(
+        "identifier",
+        f"A meter event with identifier '{identifier}' already exists.",
+        code="resource_already_exists",
+    )
+
+
+class _CutBody(Response):
+    """
+    An answer cut off mid-body: the status line and a Content-Length that
+    matches what is sent arrive, but only the first half of the JSON does.
+    """
+
+    def encode(self) -> bytes:
+        payload = b"" if self.body is None else json.dumps(self.body).encode()
+        return payload[: len(payload) // 2]
 
 
 def _not_found(kind: str, object_id: str, param: str, status: int) -> StripeError:
@@ -315,7 +374,14 @@ class StripeEmulator:
         faults: Faults | None = None,
         clock: Callable[[], float] = time.time,
         validation: Validation = "sync",
+        duplicate_error: DuplicateError = "resource_already_exists",
     ) -> None:
+        if duplicate_error not in _DUPLICATE_ERRORS:
+            raise ValueError(
+                f"Unknown duplicate_error {duplicate_error!r}; "
+                f"use one of {_DUPLICATE_ERRORS}."
+            )
+        self.duplicate_error: DuplicateError = duplicate_error
         self.faults = faults or Faults()
         self.clock = clock
         self.rate_limiter = MinuteRateLimiter(rate_limit_per_minute, clock=clock)
@@ -400,7 +466,10 @@ class StripeEmulator:
         path_args: dict[str, str],
     ) -> Response | type[RESET]:
         scripted = self._take_scripted(request)
-        if scripted and not scripted.after_processing:
+        after = scripted is not None and (
+            scripted.after_processing or scripted.kind in _AFTER_COMMIT_KINDS
+        )
+        if scripted and not after:
             fault = self._fault(scripted.kind)
             if fault is not None:
                 return fault
@@ -408,16 +477,28 @@ class StripeEmulator:
             fault = self._roll_faults()
             if fault is not None:
                 return fault
+        # The 500 the API answers after committing is what Stripe saves for
+        # the Idempotency-Key, so every replay of the key answers it again.
+        committed_error = (
+            _server_error(500)
+            if scripted and scripted.kind == "500_after_commit"
+            else None
+        )
         try:
             api_key = self._authenticate(request)
             self._check_rate_limit(api_key)
-            response = self._dispatch(request, request_id, api_key, handlers, path_args)
+            response = self._dispatch(
+                request, request_id, api_key, handlers, path_args, committed_error
+            )
         except StripeError as exc:
             response = exc.response()
-        if scripted and scripted.after_processing:
+        if scripted and after:
             # The request went through (and an idempotent result may be
             # stored), but the client never sees the answer: what a retry
             # with the same Idempotency-Key exists for.
+            if scripted.kind == "cut_body":
+                self._bump("faults_injected")
+                return _CutBody(response.status, response.body, response.headers)
             fault = self._fault(scripted.kind)
             if fault is not None:
                 return fault
@@ -442,7 +523,14 @@ class StripeEmulator:
         api_key: str,
         handlers: dict[str, Handler] | None,
         path_args: dict[str, str],
+        committed_error: StripeError | None = None,
     ) -> Response:
+        """
+        Run the endpoint; save its result for the request's Idempotency-Key.
+
+        ``committed_error`` is an error the API answers after the endpoint
+        ran: it is saved for the key in place of the endpoint's result.
+        """
         unrecognized = (
             f"Unrecognized request URL ({request.method}: {request.path}). "
             "Please see https://stripe.com/docs or we can help at "
@@ -477,11 +565,12 @@ class StripeEmulator:
                 return self._replay(stored, request.path, fingerprint, idempotency_key)
             status, body = handler(account, params, **path_args)
             if 200 <= status < 300:
+                saved = committed_error.response() if committed_error else None
                 account.idempotency[idempotency_key] = _Stored(
                     path=request.path,
                     fingerprint=fingerprint,
-                    status=status,
-                    body=body,
+                    status=saved.status if saved else status,
+                    body=saved.body if saved else body,
                     request_id=request_id,
                     expires_at=now + IDEMPOTENCY_TTL_SECONDS,
                 )
@@ -596,12 +685,8 @@ class StripeEmulator:
                 code="lock_timeout",
                 headers={"Stripe-Should-Retry": "true"},
             ).response()
-        return StripeError(
-            int(kind),
-            "An unknown error occurred",
-            type="api_error",
-            headers={"Stripe-Should-Retry": "true"},
-        ).response()
+        status = 500 if kind == "500_after_commit" else int(kind)
+        return _server_error(status).response()
 
     def _take_scripted(self, request: Request) -> _ScriptedFault | None:
         if not self._scripted:  # cheap unlocked check on the hot path
@@ -633,6 +718,12 @@ class StripeEmulator:
         With ``after_processing`` the request is processed (objects created,
         idempotent result stored) and only the answer is lost. ``method`` and
         ``path`` (exact, e.g. "/v1/billing/meter_events") narrow the match.
+
+        Two kinds always process the request first, like real Stripe:
+        "500_after_commit" records it, answers a 500 and saves that 500 as
+        the Idempotency-Key's result, so the key replays the 500 from then
+        on; "cut_body" records it (the real result saved for the key) and
+        answers the status with only the first half of the JSON body.
         """
         if kind not in _FAULT_KINDS:
             raise ValueError(f"Unknown fault kind {kind!r}; use one of {_FAULT_KINDS}.")
@@ -1035,11 +1126,7 @@ class StripeEmulator:
         def reject_duplicate() -> None:
             if identifier is not None and identifier in account.identifiers:
                 self._bump("duplicates_rejected")
-                raise _invalid(
-                    "identifier",
-                    f"A meter event with identifier '{identifier}' already exists.",
-                    code="resource_already_exists",
-                )
+                raise _duplicate_identifier(identifier, self.duplicate_error)
 
         if self.validation == "async":
             # Stripe dedupes on arrival and validates the content later.
@@ -1232,6 +1319,15 @@ def _api_key_from(authorization: str) -> str | None:
             return None
         return decoded.partition(":")[0] or None
     return None
+
+
+def _server_error(status: int) -> StripeError:
+    return StripeError(
+        status,
+        "An unknown error occurred",
+        type="api_error",
+        headers={"Stripe-Should-Retry": "true"},
+    )
 
 
 def _rate_limit_error(retry_after: int) -> StripeError:

@@ -1,4 +1,4 @@
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from billing.management.commands._options import progress_factory, tenant_by_slug
 from billing.models import SyncRun
@@ -34,6 +34,7 @@ class Command(BaseCommand):
             dry_run=dry_run,
             progress=progress_factory(),
         )
+        failed = []
         for run in runs:
             if run is None:
                 self.stdout.write("skipped: another sync holds the tenant's lock")
@@ -44,4 +45,11 @@ class Command(BaseCommand):
                 f"{run.skipped} skipped, {run.healed} healed, "
                 f"{run.adjustments} adjustments, {run.reports_sent} reports sent"
                 + (f"; {run.error}" if run.error else "")
+            )
+            if run.status == SyncRun.Status.FAILED:
+                failed.append(run.tenant.slug)
+        if failed:
+            # A scheduler or CI step must see the failure: exit non-zero.
+            raise CommandError(
+                f"sync failed for {len(failed)} tenant(s): {', '.join(sorted(failed))}"
             )

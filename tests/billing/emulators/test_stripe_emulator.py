@@ -702,3 +702,165 @@ def test_helpers_seed_without_http() -> None:
     assert emulator.total_value(customer=seeded["id"], meter=meter["id"]) == 0
     emulator.reset()
     assert emulator.customers() == []
+
+
+# -- unknown outcomes: what real Stripe saves for an Idempotency-Key ---------
+
+
+def test_500_after_commit_records_the_event_and_the_key_replays_the_500(
+    stripe_emulator: StripeEmulatorHandle,
+    stripe_client: stripe.StripeClient,
+    customer: stripe.Customer,
+    meter: stripe.billing.Meter,
+) -> None:
+    emulator = stripe_emulator.emulator
+    emulator.fail_next("500_after_commit", path="/v1/billing/meter_events")
+    options = {"idempotency_key": "usage-50-try-0"}
+
+    with pytest.raises(stripe.APIError) as first:
+        send_event(
+            stripe_client, customer.id, 6, identifier="usage-50", options=options
+        )
+    # Stripe recorded the event before it failed, and saved the 500 for the key.
+    assert first.value.http_status == 500
+    assert total(stripe_emulator, customer.id) == 6
+
+    with pytest.raises(stripe.APIError) as replayed:
+        send_event(
+            stripe_client, customer.id, 6, identifier="usage-50", options=options
+        )
+    assert replayed.value.http_status == 500
+    assert replayed.value.headers["Idempotent-Replayed"] == "true"
+
+    # Only a new key gets a new answer: the identifier is already taken.
+    with pytest.raises(stripe.InvalidRequestError) as duplicate:
+        send_event(
+            stripe_client,
+            customer.id,
+            6,
+            identifier="usage-50",
+            options={"idempotency_key": "usage-50-try-1"},
+        )
+    assert (duplicate.value.http_status, duplicate.value.code) == (
+        400,
+        "resource_already_exists",
+    )
+    assert total(stripe_emulator, customer.id) == 6
+    assert len(emulator.meter_events()) == 1
+    assert emulator.stats().idempotent_replays == 1
+
+
+def test_stripe_python_retries_cannot_get_past_a_saved_500(
+    stripe_emulator: StripeEmulatorHandle,
+    fast_retries: None,
+    customer: stripe.Customer,
+    meter: stripe.billing.Meter,
+) -> None:
+    emulator = stripe_emulator.emulator
+    emulator.fail_next("500_after_commit", path="/v1/billing/meter_events")
+    client = stripe_emulator.client(max_network_retries=2)
+
+    # stripe-python resends its own Idempotency-Key: every retry replays the 500.
+    with pytest.raises(stripe.APIError) as info:
+        send_event(client, customer.id, 3, identifier="usage-51")
+
+    assert info.value.http_status == 500
+    assert emulator.stats().count("POST /v1/billing/meter_events", 500) == 3
+    assert emulator.stats().idempotent_replays == 2
+    assert total(stripe_emulator, customer.id) == 3
+
+
+def test_cut_body_records_the_event_behind_an_unreadable_200(
+    stripe_emulator: StripeEmulatorHandle,
+    stripe_client: stripe.StripeClient,
+    customer: stripe.Customer,
+    meter: stripe.billing.Meter,
+) -> None:
+    emulator = stripe_emulator.emulator
+    emulator.fail_next("cut_body", path="/v1/billing/meter_events")
+    options = {"idempotency_key": "usage-52-try-0"}
+
+    with pytest.raises(stripe.APIError) as cut:
+        send_event(
+            stripe_client, customer.id, 8, identifier="usage-52", options=options
+        )
+
+    # stripe-python cannot parse the body and raises with the 200 it got.
+    assert cut.value.http_status == 200
+    assert total(stripe_emulator, customer.id) == 8
+    # The key saved the real answer: only the way back was broken.
+    again = send_event(
+        stripe_client, customer.id, 8, identifier="usage-52", options=options
+    )
+    assert again.identifier == "usage-52"
+    assert again.last_response is not None
+    assert again.last_response.headers["Idempotent-Replayed"] == "true"
+    assert total(stripe_emulator, customer.id) == 8
+    assert emulator.stats().faults_injected == 1
+
+
+def test_cut_body_over_raw_http_is_a_200_with_half_a_json_body(
+    stripe_emulator: StripeEmulatorHandle, customer: stripe.Customer
+) -> None:
+    stripe_emulator.emulator.fail_next("cut_body", method="GET")
+    response = requests.get(
+        f"{stripe_emulator.url}/v1/customers/{customer.id}",
+        headers={"Authorization": f"Bearer {stripe_emulator.api_key}"},
+        timeout=5,
+    )
+    assert response.status_code == 200
+    assert int(response.headers["Content-Length"]) == len(response.content)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(response.content)
+    assert customer.id in response.text  # the first half did arrive
+
+
+@pytest.mark.parametrize(
+    ("style", "code", "param", "message"),
+    [
+        (
+            "resource_already_exists",
+            "resource_already_exists",
+            "identifier",
+            "A meter event with identifier 'usage-53' already exists.",
+        ),
+        (
+            "duplicate_meter_event",
+            "duplicate_meter_event",
+            None,
+            "A meter event with a duplicate identifier has already been submitted.",
+        ),
+        (
+            "message_only",
+            None,
+            None,
+            "An event already exists with identifier usage-53.",
+        ),
+    ],
+)
+def test_duplicate_identifier_error_shapes(
+    stripe_emulator: StripeEmulatorHandle,
+    stripe_client: stripe.StripeClient,
+    customer: stripe.Customer,
+    meter: stripe.billing.Meter,
+    style: str,
+    code: str | None,
+    param: str | None,
+    message: str,
+) -> None:
+    stripe_emulator.emulator.duplicate_error = style  # type: ignore[assignment]
+    send_event(stripe_client, customer.id, 2, identifier="usage-53")
+
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        send_event(stripe_client, customer.id, 2, identifier="usage-53")
+
+    assert info.value.http_status == 400
+    assert (info.value.code, info.value.param) == (code, param)
+    assert info.value.user_message == message
+    assert info.value.json_body["error"]["type"] == "invalid_request_error"
+    assert total(stripe_emulator, customer.id) == 2
+
+
+def test_unknown_duplicate_error_shape_is_refused() -> None:
+    with pytest.raises(ValueError, match="duplicate_error"):
+        StripeEmulator(duplicate_error="conflict")  # type: ignore[arg-type]
