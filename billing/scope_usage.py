@@ -247,3 +247,33 @@ class MaintainDailyScopeUsage(migrations.operations.base.Operation):
 
     def describe(self) -> str:
         return "Keep daily scope usage in step with the ledger (triggers)"
+
+
+class SqliteTriggers(MaintainDailyScopeUsage):
+    """
+    SQLite only: drop (``create=False``) or re-create and refill
+    (``create=True``) the triggers, the other way round when unapplied.
+    Django alters a SQLite table by copying it into a new one, which drops
+    its triggers and trips over the other table's triggers that name it: a
+    migration that alters a ledger table starts with ``create=False`` and
+    ends with ``create=True``. Postgres alters in place and keeps them.
+    """
+
+    def __init__(self, *, create: bool) -> None:
+        self.create = create
+
+    def _apply(self, create, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "sqlite":
+            return
+        step = super().database_forwards if create else super().database_backwards
+        step(app_label, schema_editor, from_state, to_state)
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        self._apply(self.create, app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        self._apply(not self.create, app_label, schema_editor, from_state, to_state)
+
+    def describe(self) -> str:
+        action = "Re-create" if self.create else "Drop"
+        return f"{action} the daily scope usage triggers on SQLite"

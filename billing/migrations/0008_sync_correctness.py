@@ -3,6 +3,8 @@
 import django.core.validators
 from django.db import migrations, models
 
+from billing.scope_usage import SqliteTriggers
+
 
 class Migration(migrations.Migration):
     dependencies = [
@@ -10,6 +12,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        SqliteTriggers(create=False),
         migrations.RemoveConstraint(
             model_name="usageadjustment",
             name="usage_adjustment_status_valid",
@@ -114,4 +117,5 @@ class Migration(migrations.Migration):
                 name="usage_record_status_valid",
             ),
         ),
+        SqliteTriggers(create=True),
     ]
