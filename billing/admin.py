@@ -372,11 +372,20 @@ class SyncRunAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin)
         "stripe_calls",
         "rate_limited",
         "final_delay_ms",
+        "health",
         "error",
     ]
     list_filter = ["status", "kind", "dry_run", "tenant"]
     date_hierarchy = "started_at"
     list_select_related = ["tenant"]
+
+    @admin.display(description="Health", ordering="consecutive_failures")
+    def health(self, obj: SyncRun) -> str:
+        if obj.consecutive_failures >= SyncRun.STUCK_AFTER:
+            return f"stuck ({obj.consecutive_failures} failures in a row)"
+        if obj.consecutive_failures > 1:
+            return f"{obj.consecutive_failures} failures in a row"
+        return ""
 
 
 @admin.register(SyncCursor)

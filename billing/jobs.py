@@ -15,7 +15,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from billing.models import SyncRun
-from billing.sync import eligible_tenant_ids, sync_tenant
+from billing.sync import RECONCILE_TIERS, eligible_tenant_ids, sync_tenant
 
 QUEUE = "default"
 # A sync job that has not started within this long is stale; the next minute's
@@ -35,15 +35,19 @@ def _already_queued(queue, job_id: str) -> bool:
     return job.get_status() in (JobStatus.QUEUED, JobStatus.STARTED)
 
 
-def enqueue_tenant_jobs(kind: str = SyncRun.Kind.SYNC) -> list[int]:
+def enqueue_tenant_jobs(
+    kind: str = SyncRun.Kind.SYNC, tier: str | None = None
+) -> list[int]:
     """Enqueue one job per eligible tenant, unless one is already waiting."""
     queue = django_rq.get_queue(QUEUE)
     enqueued = []
     for tenant_id in eligible_tenant_ids(kind):
-        job_id = _job_id(kind, tenant_id)
+        job_id = _job_id(f"{kind}-{tier}" if tier else kind, tenant_id)
         if _already_queued(queue, job_id):
             continue
-        queue.enqueue(sync_tenant_job, tenant_id, kind, job_id=job_id, ttl=SYNC_JOB_TTL)
+        queue.enqueue(
+            sync_tenant_job, tenant_id, kind, tier, job_id=job_id, ttl=SYNC_JOB_TTL
+        )
         enqueued.append(tenant_id)
     return enqueued
 
@@ -52,13 +56,17 @@ def sync_all_tenants() -> list[int]:
     return enqueue_tenant_jobs(SyncRun.Kind.SYNC)
 
 
-def reconcile_all_tenants() -> list[int]:
-    return enqueue_tenant_jobs(SyncRun.Kind.RECONCILE)
+def reconcile_all_tenants(tier: str = "hourly") -> list[int]:
+    """Re-read one tier of history (``RECONCILE_TIERS``) for late data."""
+    return enqueue_tenant_jobs(SyncRun.Kind.RECONCILE, tier)
 
 
-def sync_tenant_job(tenant_id: int, kind: str = SyncRun.Kind.SYNC) -> dict:
+def sync_tenant_job(
+    tenant_id: int, kind: str = SyncRun.Kind.SYNC, tier: str | None = None
+) -> dict:
     """Run one tenant's sync; the result is counts only, never provider text."""
-    run = sync_tenant(tenant_id=tenant_id, kind=kind)
+    options = {"lookback": RECONCILE_TIERS[tier]} if tier else {}
+    run = sync_tenant(tenant_id=tenant_id, kind=kind, **options)
     if run is None:
         return {"tenant_id": tenant_id, "status": "locked"}
     return {

@@ -11,7 +11,10 @@ tenant's limiter sees every 429.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import json
+import re
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -25,14 +28,43 @@ from billing.provider_calls import ProviderCaller
 PAGE_SIZE = 1000
 FIELD_GROUPS = "core,basic,time,usage,model,metadata,trace_context"
 REQUEST_TIMEOUT_SECONDS = 30
-# Langfuse names cached input differently per provider integration.
-CACHED_INPUT_KEYS = ("cache_read_input_tokens", "input_cached_tokens", "cached_tokens")
-INPUT_KEYS = ("input", "prompt_tokens")
-OUTPUT_KEYS = ("output", "completion_tokens")
+# Provider strings are stored in columns of 200 characters.
+MAX_TEXT = 200
+# Sanity bounds of one observation: a count or a cost beyond them is a bug or
+# an attack upstream, not usage to bill.
+MAX_TOKENS = 10**12
+MAX_COST = Decimal(10**6)
+# Postgres text and jsonb cannot hold NUL; UTF-8 cannot encode a lone
+# surrogate. Both reach us from Langfuse, which stores any string.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
 
 
 class MalformedObservation(ValueError):
     """An observation billing cannot trust; the reason says why."""
+
+
+def clean_text(value: object) -> str:
+    """A provider string as we can store it: no NUL, no surrogate, capped."""
+    if value is None or value == "":
+        return ""
+    text = value if isinstance(value, str) else str(value)
+    return _UNSTORABLE.sub(REPLACEMENT, text)[:MAX_TEXT]
+
+
+def clean_id(value: str | None) -> str:
+    """
+    An identifier as we can store it. One that had to change (unstorable
+    characters, too long) keeps a readable prefix plus a digest of the
+    original, so two different ids never collapse into one.
+    """
+    if not value:
+        return ""
+    cleaned = _UNSTORABLE.sub(REPLACEMENT, value)
+    if cleaned == value and len(value) <= MAX_TEXT:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{cleaned[: MAX_TEXT - 34]}~{digest[:32]}"
 
 
 @dataclass(frozen=True)
@@ -40,12 +72,15 @@ class Observation:
     id: str
     trace_id: str
     start_time: datetime
+    # None while the observation is still running.
+    end_time: datetime | None
     last_activity: datetime
     model: str
-    input_tokens: int
-    output_tokens: int
-    cached_tokens: int
+    # Every usage key Langfuse reported with a positive count; pricing
+    # treats ``total`` as the sum it is.
+    usage: dict[str, int]
     langfuse_cost: Decimal | None
+    langfuse_cost_details: dict[str, Decimal]
     user_id: str
     project_id: str
     agent_id: str
@@ -53,70 +88,110 @@ class Observation:
 
     @property
     def has_usage(self) -> bool:
-        return bool(
-            self.input_tokens
-            or self.output_tokens
-            or self.cached_tokens
-            or self.langfuse_cost
-        )
+        return any(self.usage.values()) or bool(self.langfuse_cost)
 
 
-def _first(details: dict[str, int], keys: tuple[str, ...]) -> int:
-    for key in keys:
-        if key in details:
-            return details[key]
-    return 0
+def _decimal(value: object, name: str) -> Decimal:
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        raise MalformedObservation(f"{name} is not a number") from None
+    if not number.is_finite() or number < 0:
+        raise MalformedObservation(f"negative or non-finite {name}")
+    if number > MAX_COST:
+        raise MalformedObservation(f"{name} above {MAX_COST} USD")
+    return number
 
 
-def _text(value: object) -> str:
-    return str(value)[:200] if value not in (None, "") else ""
+def _usage(details: dict | None) -> dict[str, int]:
+    usage = {}
+    for key, count in (details or {}).items():
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise MalformedObservation("a usage count is not an integer")
+        if count < 0:
+            raise MalformedObservation("negative token count")
+        if count > MAX_TOKENS:
+            raise MalformedObservation(f"a usage count above {MAX_TOKENS}")
+        if count:
+            key = clean_text(key)
+            usage[key] = usage.get(key, 0) + count
+    return usage
 
 
 def parse_observation(raw: ObservationV2) -> Observation:
     """Validate one observation; raise MalformedObservation with a reason."""
     if not raw.trace_id:
         raise MalformedObservation("missing traceId")
-    details = raw.usage_details or {}
-    input_tokens = _first(details, INPUT_KEYS)
-    output_tokens = _first(details, OUTPUT_KEYS)
-    cached_tokens = _first(details, CACHED_INPUT_KEYS)
-    if min(input_tokens, output_tokens, cached_tokens) < 0:
-        raise MalformedObservation("negative token count")
-    cost = None
-    if raw.total_cost is not None:
-        try:
-            cost = Decimal(str(raw.total_cost))
-        except InvalidOperation:
-            raise MalformedObservation("totalCost is not a number") from None
-        if not cost.is_finite() or cost < 0:
-            raise MalformedObservation("negative or non-finite totalCost")
+    usage = _usage(raw.usage_details)
+    cost = None if raw.total_cost is None else _decimal(raw.total_cost, "totalCost")
+    cost_details = {
+        clean_text(key): _decimal(value, "costDetails")
+        for key, value in (raw.cost_details or {}).items()
+        if value is not None
+    }
     if raw.end_time and raw.end_time < raw.start_time:
         raise MalformedObservation("endTime before startTime")
+    # An event is a point in time: it never runs.
+    end_time = raw.end_time or (raw.start_time if raw.type == "EVENT" else None)
     metadata = raw.metadata if isinstance(raw.metadata, dict) else {}
     moments = [raw.start_time, raw.end_time, raw.updated_at]
     return Observation(
-        id=raw.id,
-        trace_id=raw.trace_id,
+        id=clean_id(raw.id),
+        trace_id=clean_id(raw.trace_id),
         start_time=raw.start_time,
+        end_time=end_time,
         last_activity=max(m for m in moments if m is not None),
-        model=_text(raw.model),
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cached_tokens=cached_tokens,
+        model=clean_text(raw.model),
+        usage=usage,
         langfuse_cost=cost,
-        user_id=_text(raw.user_id),
-        project_id=_text(metadata.get("project_id") or raw.project_id),
-        agent_id=_text(raw.trace_name or metadata.get("agent")),
-        epic_id=_text(metadata.get("epic")),
+        langfuse_cost_details=cost_details,
+        user_id=clean_text(raw.user_id),
+        project_id=clean_text(metadata.get("project_id") or raw.project_id),
+        agent_id=clean_text(raw.trace_name or metadata.get("agent")),
+        epic_id=clean_text(metadata.get("epic")),
     )
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """An observation we could not trust, kept so its trace is accounted for."""
+
+    id: str
+    trace_id: str  # "" when Langfuse sent none
+    start_time: datetime
+    reason: str
 
 
 @dataclass
 class Page:
     observations: list[Observation] = field(default_factory=list)
-    # (observation id, trace id or "", reason)
-    malformed: list[tuple[str, str, str]] = field(default_factory=list)
+    malformed: list[Malformed] = field(default_factory=list)
     oldest_start: datetime | None = None
+
+
+def _trace_filter(start: datetime, end: datetime, trace_ids: Collection[str]) -> str:
+    return json.dumps(
+        [
+            {
+                "type": "stringOptions",
+                "column": "traceId",
+                "operator": "any of",
+                "value": sorted(trace_ids),
+            },
+            {
+                "type": "datetime",
+                "column": "startTime",
+                "operator": ">=",
+                "value": start.isoformat(),
+            },
+            {
+                "type": "datetime",
+                "column": "startTime",
+                "operator": "<",
+                "value": end.isoformat(),
+            },
+        ]
+    )
 
 
 def langfuse_client(tenant: Tenant) -> LangfuseAPI:
@@ -145,8 +220,21 @@ class LangfuseSource:
         self.page_size = page_size or PAGE_SIZE
         self.client = langfuse_client(tenant)
 
-    def pages(self, *, start: datetime, end: datetime) -> Iterator[Page]:
-        """Yield pages of observations with startTime in [start, end)."""
+    def pages(
+        self,
+        *,
+        start: datetime,
+        end: datetime,
+        trace_ids: Collection[str] | None = None,
+    ) -> Iterator[Page]:
+        """
+        Yield pages of observations with startTime in [start, end), of the
+        given traces only when ``trace_ids`` is set (Langfuse's structured
+        filter, which replaces the query-parameter filters).
+        """
+        params = {"from_start_time": start, "to_start_time": end}
+        if trace_ids is not None:
+            params = {"filter": _trace_filter(start, end, trace_ids)}
         cursor = None
         while True:
             response = self.caller.call(
@@ -154,9 +242,8 @@ class LangfuseSource:
                     fields=FIELD_GROUPS,
                     limit=self.page_size,
                     cursor=cursor,
-                    from_start_time=start,
-                    to_start_time=end,
                     request_options={"max_retries": 0},
+                    **params,
                 )
             )
             page = Page()
@@ -164,7 +251,14 @@ class LangfuseSource:
                 try:
                     page.observations.append(parse_observation(raw))
                 except MalformedObservation as exc:
-                    page.malformed.append((raw.id, raw.trace_id or "", str(exc)))
+                    page.malformed.append(
+                        Malformed(
+                            clean_id(raw.id),
+                            clean_id(raw.trace_id),
+                            raw.start_time,
+                            str(exc),
+                        )
+                    )
                 if page.oldest_start is None or raw.start_time < page.oldest_start:
                     page.oldest_start = raw.start_time
             yield page

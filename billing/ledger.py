@@ -21,34 +21,31 @@ from django.utils import timezone
 from billing.langfuse_source import Observation, Page
 from billing.models import Tenant, UsageAdjustment, UsageRecord
 from billing.models.ledger import BillingStatus
-from billing.pricing import PriceSource, price_for_model
+from billing.pricing import Priced, PriceSource, price_usage, token_totals
 
-# An accounted observation: [model, input, output, cached, "cost", price source]
+# An accounted observation: [model, input, output, cached, "cost", price
+# source, {usage key: count}]. Source "none" with usage: held as unpriced.
 Entry = list
 
 
-class Unpriceable(Exception):
-    pass
+def price_entry(obs: Observation) -> tuple[Entry, str]:
+    """Price one observation; the reason is set when it cannot be priced."""
+    priced = price_usage(
+        model=obs.model,
+        usage=obs.usage,
+        langfuse_cost=obs.langfuse_cost,
+        langfuse_cost_details=obs.langfuse_cost_details,
+    )
+    return _entry(obs.model, obs.usage, priced), priced.reason
 
 
-def price_entry(obs: Observation) -> Entry:
-    """Price one observation: our table first, then Langfuse's cost."""
-    price = price_for_model(obs.model)
-    tokens = (obs.input_tokens, obs.output_tokens, obs.cached_tokens)
-    if price is not None:
-        cost = price.cost(
-            input_tokens=obs.input_tokens,
-            output_tokens=obs.output_tokens,
-            cached_tokens=obs.cached_tokens,
-        )
-        source = PriceSource.PRICE_TABLE
-    elif obs.langfuse_cost is not None:
-        cost, source = obs.langfuse_cost, PriceSource.LANGFUSE
-    else:
-        raise Unpriceable(
-            f"unknown model {obs.model or '(none)'!r} and no Langfuse cost"
-        )
-    return [obs.model, *tokens, str(cost.normalize()), source]
+def _entry(model: str, usage: dict[str, int], priced: Priced) -> Entry:
+    cost = priced.cost if priced.cost is not None else Decimal(0)
+    return [model, *token_totals(usage), str(cost.normalize()), priced.source, usage]
+
+
+def _is_unpriced(entry: Entry) -> bool:
+    return entry[5] == PriceSource.NONE
 
 
 @dataclass
@@ -63,7 +60,12 @@ class TraceUsage:
     agent_id: str = ""
     epic_id: str = ""
     entries: dict[str, Entry] = field(default_factory=dict)
+    # Observations seen running ({id: start}) and seen ended.
+    running: dict[str, str] = field(default_factory=dict)
+    ended: set[str] = field(default_factory=set)
+    # Malformed data: the trace is skipped. Missing price: held as unpriced.
     problem: str = ""
+    unpriced: str = ""
 
     def add(self, obs: Observation) -> None:
         self.first_start = min(self.first_start, obs.start_time)
@@ -71,27 +73,36 @@ class TraceUsage:
         for scope in ("user_id", "project_id", "agent_id", "epic_id"):
             if not getattr(self, scope):
                 setattr(self, scope, getattr(obs, scope))
+        if obs.end_time is None:
+            self.running[obs.id] = obs.start_time.isoformat()
+        else:
+            self.ended.add(obs.id)
         if not obs.has_usage:
             return
-        try:
-            self.entries[obs.id] = price_entry(obs)
-        except Unpriceable as exc:
-            self.problem = self.problem or f"observation {obs.id}: {exc}"
+        self.entries[obs.id], reason = price_entry(obs)
+        if reason:
+            self.unpriced = self.unpriced or f"observation {obs.id}: {reason}"
 
 
 def group_by_trace(page: Page) -> dict[str, TraceUsage]:
     traces: dict[str, TraceUsage] = {}
-    for obs in page.observations:
-        trace = traces.get(obs.trace_id)
+
+    def trace_of(trace_id: str, start: datetime, activity: datetime) -> TraceUsage:
+        trace = traces.get(trace_id)
         if trace is None:
-            trace = traces[obs.trace_id] = TraceUsage(
-                obs.trace_id, obs.start_time, obs.last_activity
-            )
-        trace.add(obs)
-    for obs_id, trace_id, reason in page.malformed:
-        if trace_id in traces:
-            traces[trace_id].problem = traces[trace_id].problem or (
-                f"malformed observation {obs_id}: {reason}"
+            trace = traces[trace_id] = TraceUsage(trace_id, start, activity)
+        return trace
+
+    for obs in page.observations:
+        trace_of(obs.trace_id, obs.start_time, obs.last_activity).add(obs)
+    # A trace whose observations are all malformed is still a trace we saw:
+    # it goes into the ledger as skipped, with the reason.
+    for bad in page.malformed:
+        if bad.trace_id:
+            trace = trace_of(bad.trace_id, bad.start_time, bad.start_time)
+            trace.first_start = min(trace.first_start, bad.start_time)
+            trace.problem = trace.problem or (
+                f"malformed observation {bad.id}: {bad.reason}"
             )
     return traces
 
@@ -111,7 +122,8 @@ class Totals:
         return totals
 
     def add(self, entries: Iterable[Entry], sign: int = 1) -> None:
-        for model, input_tokens, output_tokens, cached_tokens, cost, _ in entries:
+        for entry in entries:
+            model, input_tokens, output_tokens, cached_tokens, cost = entry[:5]
             self.input_tokens += sign * input_tokens
             self.output_tokens += sign * output_tokens
             self.cached_tokens += sign * cached_tokens
@@ -139,7 +151,7 @@ def content_hash(entries: dict[str, Entry]) -> str:
 
 def _price_source(entries: dict[str, Entry]) -> str:
     sources = {entry[5] for entry in entries.values()}
-    if not sources:
+    if not sources or PriceSource.NONE in sources:
         return PriceSource.NONE
     # Langfuse-priced anywhere: say so, operators reconcile those by hand.
     return PriceSource.LANGFUSE if PriceSource.LANGFUSE in sources else sources.pop()
@@ -150,13 +162,45 @@ class MergeResult:
     created: int = 0
     updated: int = 0
     skipped: int = 0
+    unpriced: int = 0
     adjustments: int = 0
     skip_reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: MergeResult) -> None:
+        self.created += other.created
+        self.updated += other.updated
+        self.skipped += other.skipped
+        self.unpriced += other.unpriced
+        self.adjustments += other.adjustments
+        for reason, count in other.skip_reasons.items():
+            self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + count
 
     def skip(self, reason: str) -> None:
         self.skipped += 1
         kind = reason.split(": ", 1)[-1]
         self.skip_reasons[kind] = self.skip_reasons.get(kind, 0) + 1
+
+
+def _set_running(record: UsageRecord, running: dict[str, str], ended: set[str]) -> None:
+    record.running = {k: v for k, v in running.items() if k not in ended}
+    record.running_since = (
+        datetime.fromisoformat(min(record.running.values())) if record.running else None
+    )
+
+
+def _set_status(
+    obj: UsageRecord | UsageAdjustment, trace: TraceUsage, result: MergeResult
+) -> None:
+    """Skipped when malformed, unpriced while any usage lacks a price."""
+    if trace.problem:
+        obj.status, obj.skip_reason = BillingStatus.SKIPPED, trace.problem
+        result.skip(trace.problem)
+    elif any(_is_unpriced(entry) for entry in obj.observations.values()):
+        obj.status = BillingStatus.UNPRICED
+        obj.skip_reason = trace.unpriced or obj.skip_reason
+        result.unpriced += 1
+    else:
+        obj.status, obj.skip_reason = BillingStatus.PENDING, ""
 
 
 def _new_record(tenant: Tenant, trace: TraceUsage, result: MergeResult) -> UsageRecord:
@@ -173,20 +217,28 @@ def _new_record(tenant: Tenant, trace: TraceUsage, result: MergeResult) -> Usage
         content_hash=content_hash(trace.entries),
         price_source=_price_source(trace.entries),
     )
+    _set_running(record, trace.running, trace.ended)
     Totals.of(trace.entries.values()).apply_to(record)
-    if trace.problem:
-        record.status = BillingStatus.SKIPPED
-        record.skip_reason = trace.problem
-        result.skip(trace.problem)
+    _set_status(record, trace, result)
     return record
 
 
-def _merge_pending(record: UsageRecord, trace: TraceUsage, result: MergeResult) -> bool:
+def _merge_unbilled(
+    record: UsageRecord, trace: TraceUsage, result: MergeResult
+) -> bool:
+    """Absorb news into a record not billed yet; whether anything changed."""
     changed = {
         k: v for k, v in trace.entries.items() if record.observations.get(k) != v
     }
     activity_moved = trace.last_activity > record.last_activity_at
-    if not changed and not activity_moved and not trace.problem:
+    running_before = record.running
+    _set_running(record, {**record.running, **trace.running}, trace.ended)
+    if (
+        not changed
+        and not activity_moved
+        and not trace.problem
+        and record.running == running_before
+    ):
         return False
     record.observations = {**record.observations, **changed}
     record.trace_timestamp = min(record.trace_timestamp, trace.first_start)
@@ -197,16 +249,16 @@ def _merge_pending(record: UsageRecord, trace: TraceUsage, result: MergeResult) 
     Totals.of(record.observations.values()).apply_to(record)
     record.content_hash = content_hash(record.observations)
     record.price_source = _price_source(record.observations)
-    if trace.problem:
-        record.status = BillingStatus.SKIPPED
-        record.skip_reason = trace.problem
-        result.skip(trace.problem)
+    _set_status(record, trace, result)
     result.updated += 1
     return True
 
 
 def _adjustment(
-    record: UsageRecord, trace: TraceUsage, accounted: dict[str, Entry]
+    record: UsageRecord,
+    trace: TraceUsage,
+    accounted: dict[str, Entry],
+    result: MergeResult,
 ) -> UsageAdjustment | None:
     changed = {k: v for k, v in trace.entries.items() if accounted.get(k) != v}
     if not changed and not trace.problem:
@@ -223,11 +275,12 @@ def _adjustment(
         else content_hash({"?": trace.problem}),
     )
     totals.apply_to(adjustment)
-    if trace.problem:
-        adjustment.status = BillingStatus.SKIPPED
-        adjustment.skip_reason = trace.problem
+    _set_status(adjustment, trace, MergeResult())
     return adjustment
 
+
+# Records that still take news in place: nothing of them was billed yet.
+UNBILLED = (BillingStatus.PENDING, BillingStatus.UNPRICED)
 
 PENDING_UPDATE_FIELDS = [
     "observations",
@@ -246,6 +299,8 @@ PENDING_UPDATE_FIELDS = [
     "price_source",
     "status",
     "skip_reason",
+    "running",
+    "running_since",
     "updated_at",
 ]
 
@@ -280,12 +335,12 @@ def ledger_merge(*, tenant: Tenant, traces: dict[str, TraceUsage]) -> MergeResul
         record = existing.get(trace_id)
         if record is None:
             new_records.append(_new_record(tenant, trace, result))
-        elif record.status == BillingStatus.PENDING:
-            if _merge_pending(record, trace, result):
+        elif record.status in UNBILLED:
+            if _merge_unbilled(record, trace, result):
                 pending_updates.append(record)
         elif record.status == BillingStatus.REPORTED:
             accounted = {**record.observations, **later.get(record.pk, {})}
-            adjustment = _adjustment(record, trace, accounted)
+            adjustment = _adjustment(record, trace, accounted, result)
             if adjustment and (record.pk, adjustment.content_hash) not in known_changes:
                 adjustments.append(adjustment)
     UsageRecord.objects.bulk_create(new_records)
@@ -303,3 +358,53 @@ def ledger_merge(*, tenant: Tenant, traces: dict[str, TraceUsage]) -> MergeResul
     result.created = len(new_records)
     result.adjustments = len(adjustments)
     return result
+
+
+def ledger_reprice_unpriced(*, tenant: Tenant) -> int:
+    """
+    Price held (unpriced) usage with the prices we have now. Rows priced in
+    full become pending, so the next batch bills them on a report of their
+    own; the rest stay held. The caller runs this inside the tenant's
+    context. Returns how many rows were released.
+    """
+    released = 0
+    for model in (UsageRecord, UsageAdjustment):
+        held = (
+            model.objects.for_tenant(tenant)
+            .filter(status=BillingStatus.UNPRICED)
+            .only("id", "observations", "skip_reason")
+        )
+        for row in held.iterator(chunk_size=1000):
+            entries = {
+                obs_id: _reprice(entry) if _is_unpriced(entry) else entry
+                for obs_id, entry in row.observations.items()
+            }
+            if any(_is_unpriced(entry) for entry in entries.values()):
+                continue
+            row.observations = entries
+            totals = Totals.of(entries.values())
+            changes = {
+                "observations": entries,
+                "input_tokens": totals.input_tokens,
+                "output_tokens": totals.output_tokens,
+                "cached_tokens": totals.cached_tokens,
+                "cost": totals.cost,
+                "model_breakdown": totals.model_breakdown,
+                "status": BillingStatus.PENDING,
+                "skip_reason": "",
+            }
+            if model is UsageRecord:
+                changes["price_source"] = _price_source(entries)
+                changes["content_hash"] = content_hash(entries)
+                changes["updated_at"] = timezone.now()
+            released += model.objects.filter(
+                pk=row.pk, status=BillingStatus.UNPRICED
+            ).update(**changes)
+    return released
+
+
+def _reprice(entry: Entry) -> Entry:
+    model, usage = entry[0], entry[6] if len(entry) > 6 else {}
+    return _entry(
+        model, usage, price_usage(model=model, usage=usage, langfuse_cost=None)
+    )

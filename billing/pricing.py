@@ -60,7 +60,7 @@ from types import MappingProxyType
 PRICES_FILE = Path(__file__).with_name("model_prices.json")
 TOTAL = "total"
 # Keys Langfuse's integrations use for cached (cache read) input, most common
-# first; the summary columns and the ``cost(cached_tokens=...)`` shim use them.
+# first; the summary columns use them.
 CACHE_READ_KEYS = (
     "cache_read_input_tokens",
     "input_cached_tokens",
@@ -123,38 +123,12 @@ class ModelPrice:
             if key != TOTAL and key in self.prices
         }
 
-    def cost(
-        self,
-        usage: Mapping[str, int] | None = None,
-        *,
-        input_tokens: int | None = None,
-        output_tokens: int | None = None,
-        cached_tokens: int | None = None,
-    ) -> Decimal:
+    def cost(self, usage: Mapping[str, int]) -> Decimal:
         """
         The cost of the part of ``usage`` this entry covers (see ``covers``;
         ``price_usage`` decides what happens to the rest).
-
-        Deprecated shim, until every caller passes usage: the keyword
-        arguments ``input_tokens``, ``output_tokens`` and ``cached_tokens``
-        stand for the usage keys ``input``, ``output`` and this entry's cache
-        read key (cached tokens count as input where it has none).
         """
-        legacy = (input_tokens, output_tokens, cached_tokens)
-        if usage is None:
-            usage = self._legacy_usage(*(n or 0 for n in legacy))
-        elif any(n is not None for n in legacy):
-            raise TypeError("Pass usage or token counts, not both.")
         return sum(self.cost_by_key(usage).values(), Decimal(0))
-
-    def _legacy_usage(self, input_: int, output: int, cached: int) -> dict[str, int]:
-        usage = {"input": input_, "output": output}
-        key = next((k for k in CACHE_READ_KEYS if k in self.prices), None)
-        if key is None:
-            usage["input"] += cached
-        else:
-            usage[key] = cached
-        return usage
 
 
 def load_prices(path: Path = PRICES_FILE) -> tuple[ModelPrice, ...]:

@@ -4,7 +4,7 @@ and never let a credential reach an exception, a log line or the database.
 
 Lessons from the seeds' reviews (004): a provider's error body can echo a
 masked key fragment, so errors keep the status and the provider's error code
-only; 4xx other than 408/429 are permanent and not retried; 401/403 mean the
+only; 4xx other than 408/409/429 are permanent and not retried; 401/403 mean the
 tenant's credentials are wrong and pause that tenant; only 5xx and transport
 errors count towards the circuit breaker, never a tenant's own 4xx.
 """
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import httpx
+import pydantic
 import stripe
 from langfuse.api.core.api_error import ApiError as LangfuseApiError
 
@@ -88,7 +89,9 @@ def _retry_after(headers) -> float | None:
 def _kind(status: int | None) -> str:
     if status == 429:
         return RATE_LIMITED
-    if status is None or status >= 500 or status == 408:
+    # 409: Stripe's answer to a request racing another with the same
+    # idempotency key, or a lock held too long; worth another try.
+    if status is None or status >= 500 or status in (408, 409):
         return TRANSIENT
     if status in (401, 403):
         return AUTH
@@ -153,9 +156,16 @@ def classify(exc: BaseException) -> Failure | None:
     if isinstance(exc, LangfuseApiError):
         status = exc.status_code
         headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
+        if status is not None and status < 300:
+            # A success status whose body did not parse: cut off or garbled
+            # on the way. Transient, like a 5xx; it counts for the breaker.
+            return Failure(TRANSIENT, f"HTTP {status} with an unreadable body")
         return Failure(
             _kind(status), f"HTTP {status}", status, retry_after=_retry_after(headers)
         )
+    if isinstance(exc, pydantic.ValidationError):
+        # The generated Langfuse client validates a whole page at once.
+        return Failure(TRANSIENT, "a page that does not match the API schema")
     if isinstance(exc, stripe.APIConnectionError):
         return Failure(TRANSIENT, "connection error")
     if isinstance(exc, stripe.StripeError):

@@ -213,3 +213,27 @@ def tenant_resume_sync(*, tenant_id: int, actor: Actor, note: str = "") -> Tenan
         note=note,
     )
     return tenant
+
+
+@transaction.atomic
+def tenant_set_sync_problem(*, tenant_id: int, problem: str, actor: Actor) -> bool:
+    """
+    Show (or clear, with "") what an operator must look at in a tenant's sync;
+    audited when it changes. Returns whether it changed.
+    """
+    tenant = Tenant.objects.select_for_update().get(pk=tenant_id)
+    if tenant.sync_problem == problem:
+        return False
+    before = {"sync_problem": tenant.sync_problem}
+    tenant.sync_problem = problem
+    tenant.sync_problem_since = timezone.now() if problem else None
+    tenant.save(update_fields=["sync_problem", "sync_problem_since", "updated_at"])
+    audit_log_write(
+        actor=actor,
+        action="tenant.sync_problem" if problem else "tenant.sync_recovered",
+        obj=tenant,
+        tenant=tenant,
+        before=before,
+        after={"sync_problem": problem},
+    )
+    return True

@@ -43,7 +43,7 @@ from decimal import ROUND_FLOOR, Decimal
 import stripe
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Max, Sum
+from django.db.models import F, Max, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -95,16 +95,27 @@ def _to_amount(raw: Decimal | int | None, unit: str) -> Decimal:
     return raw if unit == MeterUnit.TOKENS else raw * MICRO
 
 
-def _pending(queryset, settled_before: datetime | None):
+def settled(tenant: Tenant, now: datetime) -> Q:
+    """
+    Records that may be billed (seed 002): quiet for the settle window, and
+    no observation still running, unless it ran past the maximum age.
+    """
+    return Q(last_activity_at__lt=now - timedelta(seconds=tenant.settle_seconds)) & (
+        Q(running_since__isnull=True)
+        | Q(running_since__lt=now - timedelta(seconds=tenant.max_running_seconds))
+    )
+
+
+def _pending(queryset, settled_rule: Q | None):
     queryset = queryset.filter(status=BillingStatus.PENDING)
-    if settled_before is not None:
-        queryset = queryset.filter(last_activity_at__lt=settled_before)
+    if settled_rule is not None:
+        queryset = queryset.filter(settled_rule)
     return queryset
 
 
-def _pending_days(queryset, settled_before: datetime | None) -> set[date]:
+def _pending_days(queryset, settled_rule: Q | None) -> set[date]:
     return set(
-        _pending(queryset, settled_before)
+        _pending(queryset, settled_rule)
         .annotate(day=TruncDate("trace_timestamp", tzinfo=UTC))
         .values_list("day", flat=True)
         .distinct()
@@ -116,9 +127,9 @@ def _day_bounds(day: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
-def _batch_ids(queryset, day: date, settled_before: datetime | None) -> list[int]:
+def _batch_ids(queryset, day: date, settled_rule: Q | None) -> list[int]:
     start, end = _day_bounds(day)
-    queryset = _pending(queryset, settled_before).filter(
+    queryset = _pending(queryset, settled_rule).filter(
         trace_timestamp__gte=start, trace_timestamp__lt=end
     )
     ids = queryset.order_by("trace_timestamp", "id").values_list("id", flat=True)
@@ -133,13 +144,13 @@ def _identifier(
 
 
 def _create_one_report(
-    tenant: Tenant, day: date, settled_before: datetime
+    tenant: Tenant, day: date, settled_rule: Q
 ) -> StripeReport | None:
     records = UsageRecord.objects.for_tenant(tenant)
     adjustments = UsageAdjustment.objects.for_tenant(tenant)
     with tenant_context([tenant.pk]):
         cursor, _ = SyncCursor.objects.select_for_update().get_or_create(tenant=tenant)
-        record_ids = _batch_ids(records, day, settled_before)
+        record_ids = _batch_ids(records, day, settled_rule)
         room = MAX_BATCH_ROWS - len(record_ids)
         adjustment_ids = _batch_ids(adjustments, day, None)[:room] if room else []
         if not record_ids and not adjustment_ids:
@@ -201,16 +212,16 @@ def reports_create(*, tenant: Tenant, now: datetime | None = None) -> Batched:
     if not tenant.stripe_customer_id:
         return batched
     now = now or timezone.now()
-    settled_before = now - timedelta(seconds=tenant.settle_seconds)
+    settled_rule = settled(tenant, now)
     with tenant_context([tenant.pk]):
         # Adjustments are billed as soon as they are seen: their trace
         # settled long ago, or it would not have been reported.
         days = sorted(
-            _pending_days(UsageRecord.objects.for_tenant(tenant), settled_before)
+            _pending_days(UsageRecord.objects.for_tenant(tenant), settled_rule)
             | _pending_days(UsageAdjustment.objects.for_tenant(tenant), None)
         )
     for day in days:
-        while report := _create_one_report(tenant, day, settled_before):
+        while report := _create_one_report(tenant, day, settled_rule):
             batched.reports += 1
             batched.records += report.record_count
             batched.adjustments += report.adjustment_count

@@ -24,65 +24,69 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, time, timedelta
 
-from django.db import connection, transaction
-from django.db.models import Min
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from billing.audit import Actor
 from billing.langfuse_source import LangfuseSource, Page
-from billing.ledger import MergeResult, group_by_trace, ledger_merge
+from billing.ledger import (
+    UNBILLED,
+    MergeResult,
+    TraceUsage,
+    group_by_trace,
+    ledger_merge,
+    ledger_reprice_unpriced,
+)
 from billing.limiter import AdaptiveRateLimiter
 from billing.locks import tenant_sync_lock
-from billing.models import SyncCursor, SyncRun, Tenant, UsageRecord
-from billing.models.ledger import BillingStatus
+from billing.models import StripeReport, SyncCursor, SyncRun, Tenant, UsageRecord
 from billing.progress import LogProgress, Progress
 from billing.provider_calls import (
     CircuitBreaker,
+    PermanentProviderError,
     ProviderAuthError,
     ProviderCaller,
     ProviderError,
 )
-from billing.services import tenant_pause_sync
+from billing.services import tenant_pause_sync, tenant_set_sync_problem
 from billing.stripe_sink import ReportsRejected, reports_create, reports_send
 from billing.tenancy import tenant_context
 
 logger = logging.getLogger("billing.sync")
 
-# Re-read this much behind the cursor: observations become readable a little
-# after their start time (ingestion lag); the unique keys make it free.
-OVERLAP = timedelta(minutes=5)
 # A tenant's first sync reaches back as far as Stripe accepts meter events.
 INITIAL_LOOKBACK = timedelta(days=35)
+# Late data (buffered SDKs, OTel exporters retrying) arrives with old start
+# times, and the v2 API has no ingestion-time filter: reconcile re-reads
+# tiers of history, each often enough that late usage is billed without
+# manual work (see billing_project/cron.py).
 RECONCILE_LOOKBACK = timedelta(hours=24)
-# How far back a sync re-reads for traces that were still running.
-MAX_UNSETTLED_LOOKBACK = timedelta(hours=6)
+RECONCILE_TIERS = {
+    "hourly": timedelta(hours=24),
+    "daily": timedelta(days=7),
+    "weekly": INITIAL_LOOKBACK,
+}
+# Running traces re-read by id per call: the ids ride in the query string.
+RUNNING_IDS_PER_CALL = 100
 
 ProgressFactory = Callable[..., Progress]
 
 
-def _window(kind: str, tenant: Tenant, cursor: SyncCursor, now: datetime):
+def _window(
+    kind: str,
+    tenant: Tenant,
+    cursor: SyncCursor,
+    now: datetime,
+    lookback: timedelta = RECONCILE_LOOKBACK,
+):
     settled = now - timedelta(seconds=tenant.settle_seconds)
     if kind == SyncRun.Kind.SYNC:
         if not cursor.watermark:
             return now - INITIAL_LOOKBACK, settled
-        start = cursor.watermark - OVERLAP
-        # Traces that were still running at the last read (active after its
-        # end) may get observations that started before the overlap: read back
-        # to the oldest of them, so they are billed whole, not as a record
-        # plus an adjustment.
-        running = (
-            UsageRecord.objects.for_tenant(tenant)
-            .filter(
-                status=BillingStatus.PENDING, last_activity_at__gte=cursor.watermark
-            )
-            .aggregate(oldest=Min("trace_timestamp"))["oldest"]
-        )
-        if running is not None:
-            start = min(start, max(running, now - MAX_UNSETTLED_LOOKBACK))
-        return start, settled
+        return cursor.watermark - timedelta(seconds=tenant.overlap_seconds), settled
     # Reconcile: the stretch the cursor already calls complete.
     end = min(cursor.watermark or settled, settled)
-    return end - RECONCILE_LOOKBACK, end
+    return end - lookback, end
 
 
 def _ineligible_reason(tenant: Tenant, kind: str) -> str:
@@ -131,6 +135,7 @@ class _Run:
         )
         self.stripe = ProviderCaller("stripe", AdaptiveRateLimiter(), CircuitBreaker())
         self.source = LangfuseSource(tenant=tenant, caller=self.langfuse)
+        self.repriced = 0
 
     def count_calls(self) -> None:
         run = self.run
@@ -152,19 +157,103 @@ class _Run:
         slice, empty or not).
         """
         for page in self.source.pages(start=start, end=end):
-            traces = group_by_trace(page)
-            with tenant_context([self.tenant.pk]):
-                result = ledger_merge(tenant=self.tenant, traces=traces)
-                if self.run.dry_run:
-                    transaction.set_rollback(True)
-            self.count_page(page, traces, result)
+            traces = self.merge(page)
             # Newest first: the oldest start seen is how far back we got.
             progress.advance(traces=len(traces), position=page.oldest_start)
         # The window may reach back past the oldest usage: done is done.
         progress.advance(traces=0, position=start)
-        if self.run.kind == SyncRun.Kind.SYNC and not self.run.dry_run:
+        if self.run.kind == SyncRun.Kind.SYNC:
+            self.read_running(before=start, end=end)
+            if not self.run.dry_run:
+                with tenant_context([self.tenant.pk]):
+                    SyncCursor.objects.filter(tenant=self.tenant).update(watermark=end)
+
+    def read_running(self, *, before: datetime, end: datetime) -> None:
+        """
+        Re-read the traces that were running at an earlier read and started
+        before this window, by id: only they can have changed there (seed
+        002). Traces past the tenant's maximum running age are billed as they
+        are; what they do later is an adjustment, found by reconcile.
+        """
+        oldest = timezone.now() - timedelta(seconds=self.tenant.max_running_seconds)
+        with tenant_context([self.tenant.pk]):
+            running = list(
+                UsageRecord.objects.for_tenant(self.tenant)
+                .filter(
+                    status__in=UNBILLED,
+                    running_since__gte=oldest,
+                    trace_timestamp__lt=before,
+                )
+                .order_by("trace_timestamp")
+                .values_list("trace_id", "trace_timestamp")
+            )
+        try:
+            for at in range(0, len(running), RUNNING_IDS_PER_CALL):
+                chunk = running[at : at + RUNNING_IDS_PER_CALL]
+                pages = self.source.pages(
+                    start=chunk[0][1], end=end, trace_ids=[t for t, _ in chunk]
+                )
+                for page in pages:
+                    self.merge(page)
+        except ProviderAuthError:
+            raise
+        except PermanentProviderError:
+            # A Langfuse that refuses the structured filter: re-read the
+            # stretch since the oldest running trace instead (capped above).
+            logger.warning(
+                "tenant %s: trace filter refused, re-reading since the oldest "
+                "running trace",
+                self.tenant.slug,
+            )
+            for page in self.source.pages(start=running[0][1], end=before):
+                self.merge(page)
+
+    def merge(self, page: Page) -> dict[str, TraceUsage]:
+        """Merge one page in one transaction; one bad trace cannot block it."""
+        traces = group_by_trace(page)
+        try:
             with tenant_context([self.tenant.pk]):
-                SyncCursor.objects.filter(tenant=self.tenant).update(watermark=end)
+                result = ledger_merge(tenant=self.tenant, traces=traces)
+                if self.run.dry_run:
+                    transaction.set_rollback(True)
+        except DatabaseError:
+            result = self.merge_one_by_one(traces)
+        self.count_page(page, traces, result)
+        return traces
+
+    def merge_one_by_one(self, traces: dict[str, TraceUsage]) -> MergeResult:
+        """
+        The page failed to store: store its traces one at a time, each in a
+        savepoint, and keep the one that fails as skipped with the reason,
+        so that a poison pill never stops the tenant's billing.
+        """
+        result = MergeResult()
+        with tenant_context([self.tenant.pk]):
+            for trace_id, trace in traces.items():
+                try:
+                    with transaction.atomic():
+                        result.add(
+                            ledger_merge(tenant=self.tenant, traces={trace_id: trace})
+                        )
+                    continue
+                except DatabaseError as exc:
+                    reason = f"could not be stored ({type(exc).__name__})"
+                    logger.warning(
+                        "tenant %s: trace %r %s", self.tenant.slug, trace_id, reason
+                    )
+                poison = TraceUsage(
+                    trace_id, trace.first_start, trace.last_activity, problem=reason
+                )
+                try:
+                    with transaction.atomic():
+                        result.add(
+                            ledger_merge(tenant=self.tenant, traces={trace_id: poison})
+                        )
+                except DatabaseError:
+                    result.skip(reason)  # counted, if not even the id is storable
+            if self.run.dry_run:
+                transaction.set_rollback(True)
+        return result
 
     def count_page(self, page: Page, traces: dict, result: MergeResult) -> None:
         run = self.run
@@ -172,12 +261,15 @@ class _Run:
         run.traces_fetched += len(traces)
         run.skipped += result.skipped
         run.adjustments += result.adjustments
+        if result.unpriced:
+            key = "held unpriced: no price and no Langfuse cost"
+            result.skip_reasons[key] = result.skip_reasons.get(key, 0) + result.unpriced
         if run.kind == SyncRun.Kind.RECONCILE:
             run.healed += result.created
         reasons = dict(run.skip_reasons)
         for reason, count in result.skip_reasons.items():
             reasons[reason] = reasons.get(reason, 0) + count
-        orphans = sum(1 for _, trace_id, _ in page.malformed if not trace_id)
+        orphans = sum(1 for bad in page.malformed if not bad.trace_id)
         if orphans:
             key = "observation without traceId"
             reasons[key] = reasons.get(key, 0) + orphans
@@ -187,6 +279,9 @@ class _Run:
 
     def bill(self) -> None:
         run = self.run
+        if run.kind == SyncRun.Kind.RECONCILE:
+            with tenant_context([self.tenant.pk]):
+                self.repriced = ledger_reprice_unpriced(tenant=self.tenant)
         batched = reports_create(tenant=self.tenant)
         run.reports_created = batched.reports
         sent = reports_send(
@@ -219,11 +314,13 @@ def sync_tenant(
     until: datetime | None = None,
     dry_run: bool = False,
     wait_for_lock: bool = False,
+    lookback: timedelta = RECONCILE_LOOKBACK,
     progress: ProgressFactory = LogProgress,
 ) -> SyncRun | None:
     """
     Run one sync, reconcile or backfill of one tenant; None if another
     process holds the tenant's lock (it is doing this work right now).
+    A reconcile re-reads ``lookback`` behind the cursor.
     """
     with tenant_sync_lock(tenant_id, wait=wait_for_lock) as acquired:
         if not acquired:
@@ -236,7 +333,7 @@ def sync_tenant(
             start, end = (
                 (since, until)
                 if since and until
-                else _window(kind, tenant, cursor, now)
+                else _window(kind, tenant, cursor, now, lookback)
             )
             run = SyncRun.objects.create(
                 tenant=tenant,
@@ -281,9 +378,64 @@ def sync_tenant(
         finally:
             work.count_calls()
             run.finished_at = timezone.now()
-            _save(run, [*COUNTER_FIELDS, "status", "error", "finished_at"])
+            if not dry_run:
+                _record_health(run)
+            _save(
+                run,
+                [
+                    *COUNTER_FIELDS,
+                    "status",
+                    "error",
+                    "finished_at",
+                    "consecutive_failures",
+                ],
+            )
             _log_summary(run, work)
         return run
+
+
+def _record_health(run: SyncRun) -> None:
+    """
+    Count the runs in a row that failed this way, and show the tenant's
+    problem to operators: stuck after SyncRun.STUCK_AFTER identical failures, or
+    Stripe reports that failed and wait for a fix and a retry.
+    """
+    tenant = run.tenant
+    with tenant_context([tenant.pk]):
+        previous = (
+            SyncRun.objects.for_tenant(tenant)
+            .filter(
+                status__in=[SyncRun.Status.SUCCEEDED, SyncRun.Status.FAILED],
+                dry_run=False,
+            )
+            .exclude(pk=run.pk)
+            .order_by("-started_at", "-pk")
+            .values("status", "error", "consecutive_failures")
+            .first()
+        )
+        failed_reports = (
+            StripeReport.objects.for_tenant(tenant)
+            .filter(status=StripeReport.Status.FAILED)
+            .count()
+        )
+    problem = ""
+    if run.status == SyncRun.Status.FAILED:
+        same = (
+            previous is not None
+            and previous["status"] == SyncRun.Status.FAILED
+            and previous["error"] == run.error
+        )
+        run.consecutive_failures = previous["consecutive_failures"] + 1 if same else 1
+        if run.consecutive_failures >= SyncRun.STUCK_AFTER:
+            problem = (
+                f"stuck: {run.consecutive_failures} runs in a row failed: {run.error}"
+            )
+    if not problem and failed_reports:
+        problem = (
+            f"{failed_reports} Stripe report(s) failed: fix the tenant's Stripe "
+            "settings, then retry them (Stripe reports, status failed)"
+        )
+    tenant_set_sync_problem(tenant_id=tenant.pk, problem=problem, actor=Actor.job())
 
 
 def _log_summary(run: SyncRun, work: _Run) -> None:

@@ -11,7 +11,11 @@ from billing.jobs import reconcile_all_tenants, sync_all_tenants
 
 # Every minute: new usage, billed once it has settled.
 cron.register(sync_all_tenants, "default", interval=60)
-# Hourly: re-read the last day and bill whatever the minute syncs missed.
-cron.register(reconcile_all_tenants, "default", cron="17 * * * *")
+# Late data, in tiers (billing.sync.RECONCILE_TIERS): hourly the last day,
+# daily the last week, weekly the 35 days Stripe still accepts. Each bills
+# what the minute syncs missed; the unique keys make overlaps free.
+cron.register(reconcile_all_tenants, "default", args=("hourly",), cron="17 * * * *")
+cron.register(reconcile_all_tenants, "default", args=("daily",), cron="37 3 * * *")
+cron.register(reconcile_all_tenants, "default", args=("weekly",), cron="47 4 * * 0")
 # 02:00 UTC: roll up yesterday, then detect anomalies (a dependent job).
 cron.register(enqueue_daily_analytics, "default", cron="0 2 * * *")

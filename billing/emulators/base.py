@@ -43,9 +43,13 @@ class Response:
     status: int
     body: Any = None  # JSON-serialisable, or None for an empty body
     headers: dict[str, str] = field(default_factory=dict)
+    # Send only the first half of the body, with a matching Content-Length:
+    # a proxy or a provider cut off mid-answer, the status already sent.
+    cut: bool = False
 
     def encode(self) -> bytes:
-        return b"" if self.body is None else json.dumps(self.body).encode()
+        payload = b"" if self.body is None else json.dumps(self.body).encode()
+        return payload[: len(payload) // 2] if self.cut else payload
 
 
 class RESET:
@@ -72,6 +76,8 @@ class Faults:
     rate_slow: float = 0.0
     slow_seconds: float = 0.5
     rate_malformed: float = 0.0
+    # Answers whose body is cut in half (invalid JSON behind a 200).
+    rate_cut_body: float = 0.0
     retry_after: int = 1
     seed: int | None = None
 

@@ -399,7 +399,8 @@ class _Query:
     cursor: tuple[int, str] | None
     from_micros: int | None
     to_micros: int | None
-    trace_id: str | None
+    # traceId, or the traceIds of a structured "any of" filter.
+    trace_ids: frozenset[str] | None
     user_id: str | None
     type: str | None
     # Filters that need the decoded blob: field name -> accepted values.
@@ -710,15 +711,20 @@ class LangfuseEmulator:
         if has_more and rows:
             last = rows[-1][0]
             meta["cursor"] = encode_cursor(last.key[0], last.trace_id, last.key[1])
-        return Response(200, {"data": data, "meta": meta})
+        return Response(
+            200, {"data": data, "meta": meta}, cut=faults.roll(faults.rate_cut_body)
+        )
 
     def _select(
         self, project: _Project, query: _Query
     ) -> Iterator[tuple[_Row, dict[str, Any] | None]]:
         """Yield up to limit + 1 matching rows in page order."""
-        if query.trace_id is not None:
-            ids = project.by_trace.get(query.trace_id, ())
-            keys = sorted(project.rows[observation_id].key for observation_id in ids)
+        if query.trace_ids is not None:
+            keys = sorted(
+                project.rows[observation_id].key
+                for trace_id in query.trace_ids
+                for observation_id in project.by_trace.get(trace_id, ())
+            )
         else:
             keys = project.sorted_keys()
         low, high = 0, len(keys)
@@ -793,11 +799,6 @@ class LangfuseEmulator:
             )
         if parse_io not in (None, "false"):
             raise _BadRequest("parseIoAsJson must be true or false.")
-        if value("filter"):
-            raise _BadRequest(
-                "The structured filter parameter is not supported by the emulator; "
-                "use the query-parameter filters."
-            )
 
         cursor = value("cursor")
         blob_filters: dict[str, frozenset[Any]] = {}
@@ -823,13 +824,21 @@ class LangfuseEmulator:
             blob_filters["isRootObservation"] = frozenset({is_root == "true"})
 
         expand = value("expandMetadata") or ""
+        trace_id = value("traceId")
+        from_micros = self._parse_time_param(value("fromStartTime"), "fromStartTime")
+        to_micros = self._parse_time_param(value("toStartTime"), "toStartTime")
+        if value("filter"):
+            # The structured filter takes precedence over the query parameters.
+            trace_ids, from_micros, to_micros = _parse_filter(value("filter"))
+        else:
+            trace_ids = None if trace_id is None else frozenset({trace_id})
         return _Query(
             groups=tuple(groups),
             limit=limit,
             cursor=decode_cursor(cursor) if cursor else None,
-            from_micros=self._parse_time_param(value("fromStartTime"), "fromStartTime"),
-            to_micros=self._parse_time_param(value("toStartTime"), "toStartTime"),
-            trace_id=value("traceId"),
+            from_micros=from_micros,
+            to_micros=to_micros,
+            trace_ids=trace_ids,
             user_id=value("userId"),
             type=value("type"),
             blob_filters=blob_filters,
@@ -874,6 +883,48 @@ class LangfuseEmulator:
             if kind is not None:
                 self.stats.record_malformed(row.key[1], kind)
         return item
+
+
+def _parse_filter(
+    raw: str,
+) -> tuple[frozenset[str] | None, int | None, int | None]:
+    """
+    The part of Langfuse's structured ``filter`` the billing app uses:
+    ``traceId`` "any of" (stringOptions) and ``startTime`` bounds (datetime).
+    Anything else is a 400, so that a query we do not emulate fails loudly.
+    """
+    try:
+        conditions = json.loads(raw)
+    except ValueError:
+        raise _BadRequest("filter must be a JSON array of filter conditions.") from None
+    if not isinstance(conditions, list):
+        raise _BadRequest("filter must be a JSON array of filter conditions.")
+    trace_ids, low, high = None, None, None
+    for condition in conditions:
+        if not isinstance(condition, dict):
+            raise _BadRequest("Each filter condition must be an object.")
+        kind, column = condition.get("type"), condition.get("column")
+        operator, value = condition.get("operator"), condition.get("value")
+        if (kind, column, operator) == ("stringOptions", "traceId", "any of"):
+            if not isinstance(value, list) or not all(
+                isinstance(v, str) for v in value
+            ):
+                raise _BadRequest("stringOptions value must be a list of strings.")
+            trace_ids = frozenset(value) & (trace_ids or frozenset(value))
+        elif (kind, column) == ("datetime", "startTime") and operator in (">=", "<"):
+            try:
+                micros = to_micros(parse_timestamp(value))
+            except (TypeError, ValueError):
+                raise _BadRequest("datetime value must be ISO 8601.") from None
+            if operator == ">=":
+                low = micros if low is None else max(low, micros)
+            else:
+                high = micros if high is None else min(high, micros)
+        else:
+            raise _BadRequest(
+                f"Filter {kind} {column} {operator!r} is not supported by the emulator."
+            )
+    return trace_ids, low, high
 
 
 def _basic_credentials(request: Request) -> tuple[str, str] | None:

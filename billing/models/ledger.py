@@ -266,8 +266,9 @@ class SyncRun(TenantOwnedModel):
     skip_reasons = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     # Runs of this tenant in a row, this one included, that failed with this
-    # error; three or more and the tenant shows as stuck.
+    # error; STUCK_AFTER or more and the tenant shows as stuck.
     consecutive_failures = models.PositiveIntegerField(default=0)
+    STUCK_AFTER = 3
 
     class Meta:
         ordering = ["-started_at"]

@@ -276,23 +276,6 @@ def test_token_totals_sum_keys_into_input_output_and_cached():
     )
 
 
-def test_old_keyword_cost_still_works_until_callers_pass_usage():
-    gpt_4o, o3_mini = price_for_model("gpt-4o"), price_for_model("o3-mini")
-    gemini = price_for_model("gemini-2.0-flash")  # no cache read price
-
-    assert gpt_4o.cost(
-        input_tokens=1000, output_tokens=500, cached_tokens=2000
-    ) == gpt_4o.cost({"input": 1000, "output": 500, "cache_read_input_tokens": 2000})
-    assert o3_mini.cost(input_tokens=0, output_tokens=0, cached_tokens=1000) == (
-        o3_mini.cost({"input_cached_tokens": 1000})
-    )
-    assert gemini.cost(input_tokens=1, output_tokens=0, cached_tokens=9) == (
-        gemini.cost({"input": 10})
-    )
-    with pytest.raises(TypeError):
-        gpt_4o.cost({"input": 1}, input_tokens=1)
-
-
 def test_bad_price_data_is_rejected(tmp_path):
     def load(entries):
         path = tmp_path / "prices.json"

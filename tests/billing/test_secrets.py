@@ -85,6 +85,8 @@ def _post_change(client, tenant, **overrides):
         "langfuse_secret_key": "",
         "sync_enabled": "on",
         "settle_seconds": tenant.settle_seconds,
+        "overlap_seconds": tenant.overlap_seconds,
+        "max_running_seconds": tenant.max_running_seconds,
         **overrides,
     }
     url = reverse("admin:billing_tenant_change", args=[tenant.pk])

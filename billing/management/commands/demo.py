@@ -190,6 +190,11 @@ class Command(BaseCommand):
                     status="reported"
                 )
                 ledger_cost = billed.aggregate(total=Sum("cost"))["total"] or 0
+                held = (
+                    UsageRecord.objects.for_tenant(tenant)
+                    .filter(status="unpriced")
+                    .count()
+                )
                 units = (
                     StripeReport.objects.for_tenant(tenant)
                     .filter(status=StripeReport.Status.SENT)
@@ -204,6 +209,7 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"  {tenant.slug:<10} {run.status:<9} {run.traces_fetched:>5} traces, "
                 f"{run.billed:>5} billed, {run.skipped:>3} skipped, "
+                f"{held:>3} held unpriced, "
                 f"{run.reports_sent:>3} meter events; ledger ${ledger_cost:.6f} = "
                 f"{units} micro-USD sent, Stripe meter total {stripe_total}"
             )

@@ -7,6 +7,7 @@ the generated client from retrying (and sleeping) on 429 and 5xx.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -314,8 +315,44 @@ def test_bad_timestamp_and_structured_filter_are_bad_requests(
         httpx.get(url, params={"fromStartTime": "yesterday"}, auth=auth).status_code
         == 400
     )
-    assert httpx.get(url, params={"filter": "[]"}, auth=auth).status_code == 400
+    assert httpx.get(url, params={"filter": "{}"}, auth=auth).status_code == 400
+    assert httpx.get(url, params={"filter": "[1"}, auth=auth).status_code == 400
+    # A filter the emulator does not implement fails loudly, never silently.
+    unsupported = '[{"type":"number","column":"latency","operator":">","value":1}]'
+    assert httpx.get(url, params={"filter": unsupported}, auth=auth).status_code == 400
     assert httpx.get(url, params={"level": "LOUD"}, auth=auth).status_code == 400
+
+
+def test_structured_filter_selects_traces_by_id_within_start_bounds(api, add):
+    add(observation(i, traceId=f"t{i % 3}") for i in range(12))
+    conditions = [
+        {
+            "type": "stringOptions",
+            "column": "traceId",
+            "operator": "any of",
+            "value": ["t0", "t2"],
+        },
+        {
+            "type": "datetime",
+            "column": "startTime",
+            "operator": ">=",
+            "value": (T0 + timedelta(seconds=3)).isoformat(),
+        },
+        {
+            "type": "datetime",
+            "column": "startTime",
+            "operator": "<",
+            "value": (T0 + timedelta(seconds=9)).isoformat(),
+        },
+    ]
+    # The structured filter takes precedence over the query parameters.
+    items = read_all(api, filter=json.dumps(conditions), trace_id="t1")
+    assert sorted(item.id for item in items) == [
+        "obs-00003",
+        "obs-00005",
+        "obs-00006",
+        "obs-00008",
+    ]
 
 
 # Filters

@@ -1,7 +1,9 @@
+from datetime import timedelta
+
 from rq import SimpleWorker
 from rq.cron import CronScheduler
 
-from billing.jobs import reconcile_all_tenants, sync_all_tenants
+from billing.jobs import reconcile_all_tenants, sync_all_tenants, sync_tenant_job
 from billing.models import SyncRun, UsageRecord
 
 
@@ -44,9 +46,28 @@ def test_reconcile_jobs_are_their_own_kind(world, queue):
     assert SyncRun.objects.get().kind == "reconcile"
 
 
-def test_the_cron_schedule_registers_sync_every_minute_and_hourly_reconcile(queue):
+def test_the_cron_schedule_registers_sync_every_minute_and_reconcile_tiers(queue):
     scheduler = CronScheduler(connection=queue.connection)
     scheduler.load_config_from_file("billing_project.cron")
     jobs = {job.func.__name__: job for job in scheduler.get_jobs()}
     assert jobs["sync_all_tenants"].interval == 60
-    assert jobs["reconcile_all_tenants"].cron == "17 * * * *"
+    tiers = {
+        job.args: job.cron
+        for job in scheduler.get_jobs()
+        if job.func.__name__ == "reconcile_all_tenants"
+    }
+    assert tiers == {
+        ("hourly",): "17 * * * *",
+        ("daily",): "37 3 * * *",
+        ("weekly",): "47 4 * * 0",
+    }
+
+
+def test_a_reconcile_tier_job_reads_its_lookback(world, queue):
+    acme = world.tenant("acme")
+    world.trace(acme)
+    sync_tenant_job(acme.pk)  # the cursor, as the minute sync leaves it
+    assert reconcile_all_tenants("daily") == [acme.pk]
+    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    run = SyncRun.objects.filter(kind="reconcile").get()
+    assert run.window_end - run.window_start == timedelta(days=7)

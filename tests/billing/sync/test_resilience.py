@@ -183,19 +183,18 @@ def test_a_held_lock_makes_a_second_sync_skip_quietly(world):
 def test_the_settle_window_holds_back_a_trace_in_progress(world):
     tenant = world.tenant("acme")
     now = timezone.now()
-    running = world.trace(
-        tenant, start=now - timedelta(minutes=5), ended=False, updated=now
-    )
-    done = world.trace(tenant, start=now - timedelta(minutes=5))
+    start = now - timedelta(minutes=5)
+    busy = world.trace(tenant, start=start, updated=now)
+    done = world.trace(tenant, start=start)
 
     sync_tenant(tenant_id=tenant.pk)
-    assert UsageRecord.objects.get(trace_id=running).status == "pending"
+    assert UsageRecord.objects.get(trace_id=busy).status == "pending"
     assert UsageRecord.objects.get(trace_id=done).status == "reported"
 
     with time_machine.travel(now + timedelta(minutes=2)):
         run = sync_tenant(tenant_id=tenant.pk)
     assert run.billed == 1
-    assert UsageRecord.objects.get(trace_id=running).status == "reported"
+    assert UsageRecord.objects.get(trace_id=busy).status == "reported"
 
 
 def test_a_late_observation_produces_exactly_one_adjustment(world):
@@ -282,11 +281,20 @@ def test_a_long_running_trace_is_billed_whole_not_adjusted(world):
     sync_tenant(tenant_id=tenant.pk)
     assert UsageRecord.objects.get(trace_id=trace_id).status == "pending"
 
-    # A generation that started 19 minutes ago finishes and is ingested now:
-    # older than the cursor's overlap, but its trace is still unsettled.
+    # A generation that started 19 minutes ago finishes and is ingested now,
+    # and the trace ends: older than the cursor's overlap, but its trace was
+    # running, so it is re-read by id.
     world.langfuse.add_observations(
         tenant.langfuse_public_key,
         [
+            {
+                "id": f"{trace_id}-root",
+                "traceId": trace_id,
+                "type": "SPAN",
+                "startTime": start.isoformat(),
+                "endTime": now.isoformat(),
+                "updatedAt": now.isoformat(),
+            },
             {
                 "id": f"{trace_id}-gen-late",
                 "traceId": trace_id,
@@ -296,7 +304,7 @@ def test_a_long_running_trace_is_billed_whole_not_adjusted(world):
                 "updatedAt": now.isoformat(),
                 "model": "gpt-4o",
                 "usageDetails": {"input": 4000, "output": 1000},
-            }
+            },
         ],
     )
     with time_machine.travel(now + timedelta(minutes=3)):

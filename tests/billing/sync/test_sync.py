@@ -61,12 +61,12 @@ def test_cursor_advances_and_the_next_sync_reads_only_new_usage(world):
     world.trace(tenant, start=timezone.now() - timedelta(minutes=3))
     second = sync_tenant(tenant_id=tenant.pk)
 
-    assert second.window_start == watermark - timedelta(minutes=5)
+    assert second.window_start == watermark - timedelta(minutes=15)
     assert second.billed == 1
     assert _records(tenant).filter(status="reported").count() == 2
 
 
-def test_unknown_model_uses_langfuse_cost_and_no_cost_is_skipped(world):
+def test_unknown_model_uses_langfuse_cost_and_no_cost_is_held_unpriced(world):
     tenant = world.tenant("acme")
     priced = world.trace(
         tenant, generations=[("acme-distilled-v2", 100, 100, 0, 0.0123)]
@@ -79,17 +79,13 @@ def test_unknown_model_uses_langfuse_cost_and_no_cost_is_skipped(world):
     fallback = _records(tenant).get(trace_id=priced)
     assert (fallback.status, fallback.price_source) == ("reported", "langfuse")
     assert str(fallback.cost) == "0.0123000000"
-    skipped = _records(tenant).get(trace_id=unpriced)
-    assert skipped.status == "skipped"
-    assert (
-        "unknown model 'local-llama-3-8b-ft' and no Langfuse cost"
-        in skipped.skip_reason
-    )
+    held = _records(tenant).get(trace_id=unpriced)
+    assert held.status == "unpriced"
+    assert "local-llama-3-8b-ft" in held.skip_reason
     assert _records(tenant).get(trace_id=normal).status == "reported"
-    assert run.skipped == 1
-    assert run.skip_reasons == {
-        "unknown model 'local-llama-3-8b-ft' and no Langfuse cost": 1
-    }
+    assert run.skipped == 0
+    assert run.skip_reasons == {"held unpriced: no price and no Langfuse cost": 1}
+    assert world.stripe_total(tenant) == world.ledger_micro_usd(tenant)
 
 
 def test_malformed_observations_are_skipped_with_a_reason_and_the_rest_bills(world):
