@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from billing.management.commands._options import progress_factory, tenant_by_slug
 from billing.models import SyncRun
-from billing.sync import eligible_tenant_ids, sync_tenants
+from billing.sync import RECONCILE_TIERS, eligible_tenant_ids, sync_tenants
 
 
 class Command(BaseCommand):
@@ -17,13 +17,19 @@ class Command(BaseCommand):
             help="reconcile re-reads a look-back window and bills what is missing.",
         )
         parser.add_argument(
+            "--tier",
+            choices=list(RECONCILE_TIERS),
+            default="hourly",
+            help="How far reconcile looks back: hourly 24 h, daily 7 d, weekly 35 d.",
+        )
+        parser.add_argument(
             "--dry-run", action="store_true", help="Read and count; write nothing."
         )
         parser.add_argument(
             "--concurrency", type=int, default=4, help="Tenants at once."
         )
 
-    def handle(self, *args, tenant, kind, dry_run, concurrency, **options):
+    def handle(self, *args, tenant, kind, tier, dry_run, concurrency, **options):
         tenant_ids = (
             [tenant_by_slug(tenant).pk] if tenant else eligible_tenant_ids(kind)
         )
@@ -31,6 +37,7 @@ class Command(BaseCommand):
             tenant_ids,
             concurrency=concurrency,
             kind=kind,
+            lookback=RECONCILE_TIERS[tier],
             dry_run=dry_run,
             progress=progress_factory(),
         )

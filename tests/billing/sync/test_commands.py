@@ -19,6 +19,19 @@ def test_sync_billing_dry_run_reports_counts_and_writes_no_ledger(world):
     assert not UsageRecord.objects.exists()
 
 
+def test_sync_billing_reconciles_the_tier_it_is_given(world):
+    tenant = world.tenant("acme")
+    world.trace(tenant)
+    call_command("sync_billing", "--tenant", "acme", stdout=StringIO())
+
+    call_command(
+        "sync_billing", "--kind", "reconcile", "--tier", "weekly", stdout=StringIO()
+    )
+
+    run = SyncRun.objects.get(kind="reconcile")
+    assert run.window_end - run.window_start == timedelta(days=35)
+
+
 def test_sync_billing_rejects_an_unknown_tenant(world):
     with pytest.raises(CommandError, match="No tenant with slug 'nope'"):
         call_command("sync_billing", "--tenant", "nope")
