@@ -31,6 +31,14 @@ What the data looks like, per tenant:
   the user as ``userId`` and, on most traces, ``metadata["epic"]``.
 - Traces that started within the last minute are still running: their root
   and last generation have no ``endTime`` and that generation no usage yet.
+- A few traces per tenant (``long_running_traces``) are runs that never
+  end: they started hours ago, their generations ended with usage, but their
+  root has no ``endTime``. The app bills them once they pass its maximum
+  running age, so they count as billable here (``in_progress`` is False).
+- A fraction of traces (``hostile_fraction``) carry strings Langfuse stores
+  and Postgres cannot, or should not be trusted with (``HOSTILE_STRINGS``:
+  NUL, a lone surrogate, markup, 5000 characters): in the user id (with a
+  NUL), the root's name, the session id and ``metadata["note"]``.
 - A fraction of finished traces have a late observation, ingested after the
   rest of the trace (``ScenarioTrace.late_observations``); ``load_into`` hides
   it from the emulator until ``late_delay_seconds`` have passed.
@@ -68,6 +76,15 @@ if TYPE_CHECKING:
 
 CUSTOM_PRICED_MODEL = "acme-distilled-v2"
 UNPRICED_MODEL = "local-llama-3-8b-ft"
+HOSTILE_STRINGS = (
+    "nul\x00inside",
+    "lone \ud800 surrogate",
+    "<script>alert(1)</script>'; DROP TABLE billing_usagerecord; --",
+    "x" * 5000,
+    "emoji \U0001f9fe and RTL \u202e text",
+)
+# How long ago the runs that never end started.
+LONG_RUNNING_HOURS = (2, 5)
 
 SPIKE_FACTOR = 10.0
 DROP_FACTOR = 0.05
@@ -232,7 +249,7 @@ class _Plan:
     """What to build for one trace; the details come from the detail rng."""
 
     start: int  # epoch micros
-    kind: str  # "background", "series" or "running"
+    kind: str  # "background", "series", "running" or "long_running"
     agent: str
     project: str
     user_id: str
@@ -251,6 +268,7 @@ class Scenario:
     unknown_model_fraction: float
     unpriced_fraction: float
     cache_fraction: float
+    hostile_fraction: float = 0.0
     _plans: dict[str, list[_Plan]] = field(repr=False, default_factory=dict)
     _totals: dict[str, TenantTotals] = field(repr=False, default_factory=dict)
 
@@ -365,7 +383,9 @@ def generate_scenario(
     unknown_model_fraction: float = 0.02,
     unpriced_fraction: float = 0.01,
     cache_fraction: float = 0.3,
+    hostile_fraction: float = 0.01,
     running_traces: int | None = None,
+    long_running_traces: int = 1,
     anomalies: bool = True,
 ) -> Scenario:
     """
@@ -392,6 +412,7 @@ def generate_scenario(
         unknown_model_fraction=unknown_model_fraction,
         unpriced_fraction=unpriced_fraction,
         cache_fraction=cache_fraction,
+        hostile_fraction=hostile_fraction,
     )
     if running_traces is None:
         running_traces = max(1, traces_per_tenant // 200)
@@ -404,7 +425,13 @@ def generate_scenario(
         # depend on how many tenants come before it.
         plan_rng = random.Random(f"{seed}:{tenant.slug}:plan")
         plans, tenant_anomalies = _plan_tenant(
-            plan_rng, scenario, tenant, traces_per_tenant, running_traces, inject
+            plan_rng,
+            scenario,
+            tenant,
+            traces_per_tenant,
+            running_traces,
+            long_running_traces,
+            inject,
         )
         scenario._plans[tenant.slug] = plans
         scenario.anomalies.extend(tenant_anomalies)
@@ -439,6 +466,7 @@ def _plan_tenant(
     tenant: ScenarioTenant,
     traces: int,
     running: int,
+    long_running: int,
     inject: bool,
 ) -> tuple[list[_Plan], list[Anomaly]]:
     days = scenario.days
@@ -502,11 +530,12 @@ def _plan_tenant(
                     )
                 )
 
-    background = traces - len(plans) - running
+    background = traces - len(plans) - running - long_running
     if background < 0:
         raise ValueError(
             f"traces_per_tenant={traces} is too small for {days} days of steady "
-            f"series ({len(plans)} traces) and {running} running traces."
+            f"series ({len(plans)} traces), {running} running and "
+            f"{long_running} long-running traces."
         )
     for _ in range(background):
         agent, project = scope()
@@ -526,6 +555,19 @@ def _plan_tenant(
             _Plan(
                 start=now - rng.randint(15_000, (SETTLE_SECONDS - 5) * 1000) * 1000,
                 kind="running",
+                agent=agent,
+                project=project,
+                user_id=rng.choice(tenant.users[1:]),
+                epic=rng.choice(tenant.epics),
+            )
+        )
+    for _ in range(long_running):
+        agent, project = scope()
+        hours = rng.uniform(*LONG_RUNNING_HOURS)
+        plans.append(
+            _Plan(
+                start=now - int(hours * 3600 * _MICROS),
+                kind="long_running",
                 agent=agent,
                 project=project,
                 user_id=rng.choice(tenant.users[1:]),
@@ -579,6 +621,8 @@ class _TraceBuilder:
         self.scenario = scenario
         self.tenant = tenant
         self.rng = random.Random(f"{scenario.seed}:{tenant.slug}:detail")
+        # Its own stream, so that hostile strings do not move other details.
+        self.hostile_rng = random.Random(f"{scenario.seed}:{tenant.slug}:hostile")
         self.now = to_micros(scenario.now)
         # Each agent leans on one model, as real agents do.
         agents = (*tenant.agents, _STEADY_AGENT)
@@ -600,12 +644,21 @@ class _TraceBuilder:
             "release": f"v1.{rng.randint(0, 9)}",
             "environment": "production",
         }
+        if plan.kind == "background" and (
+            self.hostile_rng.random() < self.scenario.hostile_fraction
+        ):
+            hostile = self.hostile_rng.choice(HOSTILE_STRINGS)
+            common["userId"] = f"{plan.user_id}\x00"
+            common["sessionId"] = f"sess\x00{hostile[:40]}"
+            metadata["note"] = hostile
+        else:
+            hostile = None
         root_id = _hex(rng, 16)
         root = {
             **common,
             "id": root_id,
             "type": "AGENT" if rng.random() < 0.5 else "SPAN",
-            "name": plan.agent,
+            "name": hostile or plan.agent,
             "startTime": plan.start,
             "parentObservationId": None,
             "metadata": dict(metadata),
@@ -630,6 +683,8 @@ class _TraceBuilder:
                     totalCost=None,
                 )
             root["endTime"] = None
+        elif plan.kind == "long_running":
+            root["endTime"] = None  # a run that never ends
         else:
             last_end = max(c["endTime"] for c in (*children, *late))
             root["endTime"] = last_end + rng.randint(1, 40) * 1000
@@ -654,7 +709,7 @@ class _TraceBuilder:
             tenant_slug=self.tenant.slug,
             agent=plan.agent,
             project=plan.project,
-            user_id=plan.user_id,
+            user_id=common["userId"],
             epic=plan.epic,
             start_time=datetime.fromtimestamp(plan.start / _MICROS, tz=UTC),
             observations=tuple(observations),

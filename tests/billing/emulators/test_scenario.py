@@ -14,6 +14,7 @@ import pytest
 from billing.emulators.langfuse import LangfuseEmulator, langfuse_cost, parse_timestamp
 from billing.emulators.scenario import (
     CUSTOM_PRICED_MODEL,
+    HOSTILE_STRINGS,
     REASONING_FACTOR,
     SETTLE_SECONDS,
     UNPRICED_MODEL,
@@ -191,6 +192,37 @@ def test_times_stay_in_the_window_and_running_traces_are_recent(scenario):
         assert trace.observations[0]["endTime"] is None
         assert not trace.billable
         assert any(o["endTime"] is None for o in trace.observations[1:])
+
+
+def test_some_runs_never_end_and_count_as_billable_after_the_maximum_age(scenario):
+    tenant = scenario.tenants[0]
+    endless = [
+        t
+        for t in scenario.iter_traces(tenant)
+        if t.observations[0]["endTime"] is None and not t.in_progress
+    ]
+
+    assert len(endless) == 1
+    (trace,) = endless
+    assert timedelta(hours=2) <= NOW - trace.start_time <= timedelta(hours=5)
+    assert all(o["endTime"] is not None for o in trace.observations[1:])
+    assert trace.billable
+
+
+def test_a_fraction_of_traces_carry_hostile_strings(scenario):
+    tenant = scenario.tenants[0]
+    hostile = [
+        t
+        for t in scenario.iter_traces(tenant)
+        if "note" in t.observations[0]["metadata"]
+    ]
+
+    assert 0 < len(hostile) < 0.03 * scenario.totals(tenant).traces
+    for trace in hostile:
+        root = trace.observations[0]
+        assert trace.user_id.endswith("\x00") and root["userId"] == trace.user_id
+        assert root["name"] == root["metadata"]["note"] in HOSTILE_STRINGS
+        assert "\x00" in root["sessionId"]
 
 
 def test_totals_match_what_load_into_stores(scenario):
