@@ -15,12 +15,21 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from billing.models import SyncRun
-from billing.sync import RECONCILE_TIERS, eligible_tenant_ids, sync_tenant
+from billing.sync import (
+    RECONCILE_TIERS,
+    eligible_tenant_ids,
+    reconcile_tenant,
+    sync_tenant,
+)
 
 QUEUE = "default"
 # A sync job that has not started within this long is stale; the next minute's
 # fan-out enqueues a fresh one.
 SYNC_JOB_TTL = 120
+# A reconcile tier runs at most daily: it waits for a worker for an hour, and
+# a 35-day pass of a large tenant may take hours (one run per day of it).
+RECONCILE_JOB_TTL = 3600
+RECONCILE_JOB_TIMEOUT = 6 * 3600
 
 
 def _job_id(kind: str, tenant_id: int) -> str:
@@ -42,12 +51,17 @@ def enqueue_tenant_jobs(
     queue = django_rq.get_queue(QUEUE)
     enqueued = []
     for tenant_id in eligible_tenant_ids(kind):
-        job_id = _job_id(f"{kind}-{tier}" if tier else kind, tenant_id)
+        if tier is None:
+            job_id = _job_id(kind, tenant_id)
+            call = (sync_tenant_job, tenant_id, kind)
+            timing = {"ttl": SYNC_JOB_TTL}
+        else:
+            job_id = _job_id(f"{kind}-{tier}", tenant_id)
+            call = (reconcile_tenant_job, tenant_id, tier)
+            timing = {"ttl": RECONCILE_JOB_TTL, "job_timeout": RECONCILE_JOB_TIMEOUT}
         if _already_queued(queue, job_id):
             continue
-        queue.enqueue(
-            sync_tenant_job, tenant_id, kind, tier, job_id=job_id, ttl=SYNC_JOB_TTL
-        )
+        queue.enqueue(*call, job_id=job_id, **timing)
         enqueued.append(tenant_id)
     return enqueued
 
@@ -61,12 +75,9 @@ def reconcile_all_tenants(tier: str = "hourly") -> list[int]:
     return enqueue_tenant_jobs(SyncRun.Kind.RECONCILE, tier)
 
 
-def sync_tenant_job(
-    tenant_id: int, kind: str = SyncRun.Kind.SYNC, tier: str | None = None
-) -> dict:
+def sync_tenant_job(tenant_id: int, kind: str = SyncRun.Kind.SYNC) -> dict:
     """Run one tenant's sync; the result is counts only, never provider text."""
-    options = {"lookback": RECONCILE_TIERS[tier]} if tier else {}
-    run = sync_tenant(tenant_id=tenant_id, kind=kind, **options)
+    run = sync_tenant(tenant_id=tenant_id, kind=kind)
     if run is None:
         return {"tenant_id": tenant_id, "status": "locked"}
     return {
@@ -76,4 +87,19 @@ def sync_tenant_job(
         "billed": run.billed,
         "skipped": run.skipped,
         "healed": run.healed,
+    }
+
+
+def reconcile_tenant_job(tenant_id: int, tier: str) -> dict:
+    """One reconcile tier of one tenant, a run per day; counts only."""
+    runs = reconcile_tenant(tenant_id=tenant_id, lookback=RECONCILE_TIERS[tier])
+    failed = [run for run in runs if run.status != SyncRun.Status.SUCCEEDED]
+    return {
+        "tenant_id": tenant_id,
+        "tier": tier,
+        "sync_run_ids": [run.pk for run in runs],
+        "status": failed[0].status if failed else SyncRun.Status.SUCCEEDED,
+        "billed": sum(run.billed for run in runs),
+        "healed": sum(run.healed for run in runs),
+        "adjustments": sum(run.adjustments for run in runs),
     }

@@ -7,6 +7,11 @@ and one call per trace (the seeds' first design) cannot scale. Pages of up to
 1000 observations, only the field groups billing needs (never ``io``), a time
 window on ``startTime``, and the client's own retries switched off so that the
 tenant's limiter sees every 429.
+
+Provider data is untrusted (issue 10): each item is validated against the
+client's ``ObservationV2`` on its own, so an item off the schema is one
+malformed observation, not a page that fails forever; strings are made
+storable here, at the boundary, before anything else sees them.
 """
 
 from __future__ import annotations
@@ -16,15 +21,20 @@ import json
 import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
+import pydantic
 from langfuse.api import LangfuseAPI
 from langfuse.api.commons.types.observation_v2 import ObservationV2
+from langfuse.api.core.api_error import ApiError
+from langfuse.api.core.datetime_utils import serialize_datetime
+from langfuse.api.core.pydantic_utilities import parse_obj_as
 
 from billing.models import Tenant
 from billing.provider_calls import ProviderCaller
 
+OBSERVATIONS_PATH = "api/public/v2/observations"
 PAGE_SIZE = 1000
 FIELD_GROUPS = "core,basic,time,usage,model,metadata,trace_context"
 REQUEST_TIMEOUT_SECONDS = 30
@@ -34,6 +44,8 @@ MAX_TEXT = 200
 # an attack upstream, not usage to bill.
 MAX_TOKENS = 10**12
 MAX_COST = Decimal(10**6)
+# An end this little before the start is two hosts' clocks, not bad data.
+CLOCK_SKEW = timedelta(minutes=5)
 # Postgres text and jsonb cannot hold NUL; UTF-8 cannot encode a lone
 # surrogate. Both reach us from Langfuse, which stores any string.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -129,10 +141,13 @@ def parse_observation(raw: ObservationV2) -> Observation:
         for key, value in (raw.cost_details or {}).items()
         if value is not None
     }
-    if raw.end_time and raw.end_time < raw.start_time:
-        raise MalformedObservation("endTime before startTime")
+    end_time = raw.end_time
+    if end_time and end_time < raw.start_time:
+        if raw.start_time - end_time > CLOCK_SKEW:
+            raise MalformedObservation("endTime before startTime")
+        end_time = raw.start_time  # clocks of SDK hosts disagree a little
     # An event is a point in time: it never runs.
-    end_time = raw.end_time or (raw.start_time if raw.type == "EVENT" else None)
+    end_time = end_time or (raw.start_time if raw.type == "EVENT" else None)
     metadata = raw.metadata if isinstance(raw.metadata, dict) else {}
     moments = [raw.start_time, raw.end_time, raw.updated_at]
     return Observation(
@@ -167,6 +182,24 @@ class Page:
     observations: list[Observation] = field(default_factory=list)
     malformed: list[Malformed] = field(default_factory=list)
     oldest_start: datetime | None = None
+
+
+def _unparsable(item: object, exc: pydantic.ValidationError, *, fallback: datetime):
+    """An item off the API schema, kept as malformed with what was readable."""
+    fields = sorted({str(error["loc"][0]) for error in exc.errors() if error["loc"]})
+    reason = f"{', '.join(fields) or 'item'} does not match the API schema"
+    item = item if isinstance(item, dict) else {}
+    try:
+        start = parse_obj_as(datetime, item.get("startTime"))
+    except pydantic.ValidationError:
+        start = fallback
+    trace_id = item.get("traceId")
+    return Malformed(
+        clean_id(str(item.get("id") or "")),
+        clean_id(trace_id) if isinstance(trace_id, str) else "",
+        start if start.tzinfo else start.replace(tzinfo=UTC),
+        reason,
+    )
 
 
 def _trace_filter(start: datetime, end: datetime, trace_ids: Collection[str]) -> str:
@@ -232,22 +265,27 @@ class LangfuseSource:
         given traces only when ``trace_ids`` is set (Langfuse's structured
         filter, which replaces the query-parameter filters).
         """
-        params = {"from_start_time": start, "to_start_time": end}
+        params = {
+            "fields": FIELD_GROUPS,
+            "limit": self.page_size,
+            "fromStartTime": serialize_datetime(start),
+            "toStartTime": serialize_datetime(end),
+        }
         if trace_ids is not None:
-            params = {"filter": _trace_filter(start, end, trace_ids)}
+            del params["fromStartTime"], params["toStartTime"]
+            params["filter"] = _trace_filter(start, end, trace_ids)
         cursor = None
         while True:
-            response = self.caller.call(
-                lambda cursor=cursor: self.client.observations.get_many(
-                    fields=FIELD_GROUPS,
-                    limit=self.page_size,
-                    cursor=cursor,
-                    request_options={"max_retries": 0},
-                    **params,
-                )
+            items, next_cursor = self.caller.call(
+                lambda cursor=cursor: self._get_page({**params, "cursor": cursor})
             )
             page = Page()
-            for raw in response.data:
+            for item in items:
+                try:
+                    raw = parse_obj_as(ObservationV2, item)
+                except pydantic.ValidationError as exc:
+                    page.malformed.append(_unparsable(item, exc, fallback=start))
+                    continue
                 try:
                     page.observations.append(parse_observation(raw))
                 except MalformedObservation as exc:
@@ -262,6 +300,34 @@ class LangfuseSource:
                 if page.oldest_start is None or raw.start_time < page.oldest_start:
                     page.oldest_start = raw.start_time
             yield page
-            cursor = response.meta.cursor
-            if not cursor or not response.data:
+            cursor = next_cursor
+            if not cursor or not items:
                 return
+
+    def _get_page(self, params: dict) -> tuple[list, str | None]:
+        """
+        One page through the generated client's transport (its base URL,
+        auth and timeouts), its items left unparsed: the generated
+        ``get_many`` validates a page whole, so one item off the schema would
+        fail the page on every run. A body we cannot read is an ApiError with
+        its status (a cut 200 is retried); no body text is kept, since a
+        provider may echo a key fragment.
+        """
+        response = self.client._client_wrapper.httpx_client.request(
+            OBSERVATIONS_PATH,
+            method="GET",
+            params=params,
+            request_options={"max_retries": 0},
+        )
+        headers = dict(response.headers)
+        if not 200 <= response.status_code < 300:
+            raise ApiError(status_code=response.status_code, headers=headers)
+        try:
+            body = response.json()
+            items, meta = body["data"], body.get("meta") or {}
+            if not isinstance(items, list) or not isinstance(meta, dict):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(status_code=response.status_code, headers=headers) from None
+        cursor = meta.get("cursor")
+        return items, cursor if isinstance(cursor, str) else None

@@ -22,6 +22,7 @@ from billing.langfuse_source import Observation, Page
 from billing.models import Tenant, UsageAdjustment, UsageRecord
 from billing.models.ledger import BillingStatus
 from billing.pricing import Priced, PriceSource, price_usage, token_totals
+from billing.tenancy import tenant_context
 
 # An accounted observation: [model, input, output, cached, "cost", price
 # source, {usage key: count}]. Source "none" with usage: held as unpriced.
@@ -46,6 +47,25 @@ def _entry(model: str, usage: dict[str, int], priced: Priced) -> Entry:
 
 def _is_unpriced(entry: Entry) -> bool:
     return entry[5] == PriceSource.NONE
+
+
+def usage_changed(accounted: Entry | None, entry: Entry) -> bool:
+    """
+    Whether a billed observation's usage changed: its model, its usage, or
+    Langfuse's cost where that is the price. A change of our prices alone is
+    not news: it never re-bills history (repricing is an operator's act).
+    Entries stored before the usage was kept (six items) compare by their
+    token columns.
+    """
+    if accounted is None or accounted[0] != entry[0]:
+        return True
+    if len(accounted) > 6:
+        if accounted[6] != entry[6]:
+            return True
+    elif accounted[1:4] != entry[1:4]:
+        return True
+    langfuse_priced = PriceSource.LANGFUSE in (accounted[5], entry[5])
+    return langfuse_priced and Decimal(accounted[4]) != Decimal(entry[4])
 
 
 @dataclass
@@ -260,11 +280,12 @@ def _adjustment(
     accounted: dict[str, Entry],
     result: MergeResult,
 ) -> UsageAdjustment | None:
-    changed = {k: v for k, v in trace.entries.items() if accounted.get(k) != v}
+    changed = {
+        k: v for k, v in trace.entries.items() if usage_changed(accounted.get(k), v)
+    }
     if not changed and not trace.problem:
         return None
-    totals = Totals.of(changed.values())
-    totals.add([accounted[k] for k in changed if k in accounted], sign=-1)
+    totals = _delta(changed, accounted)
     adjustment = UsageAdjustment(
         tenant_id=record.tenant_id,
         usage_record=record,
@@ -278,6 +299,16 @@ def _adjustment(
     _set_status(adjustment, trace, MergeResult())
     return adjustment
 
+
+def _delta(changed: dict[str, Entry], accounted: dict[str, Entry]) -> Totals:
+    """What ``changed`` adds to what was accounted for the same observations."""
+    totals = Totals.of(changed.values())
+    totals.add([accounted[k] for k in changed if k in accounted], sign=-1)
+    return totals
+
+
+# Held rows priced per transaction by ledger_reprice_unpriced.
+REPRICE_CHUNK = 500
 
 # Records that still take news in place: nothing of them was billed yet.
 UNBILLED = (BillingStatus.PENDING, BillingStatus.UNPRICED)
@@ -322,12 +353,14 @@ def ledger_merge(*, tenant: Tenant, traces: dict[str, TraceUsage]) -> MergeResul
     reported = [r.pk for r in existing.values() if r.status == BillingStatus.REPORTED]
     later: dict[int, dict[str, Entry]] = {}
     known_changes: set[tuple[int, str]] = set()
-    for record_id, observations, digest in (
+    for record_id, observations, digest, status in (
         UsageAdjustment.objects.filter(usage_record_id__in=reported)
         .order_by("id")
-        .values_list("usage_record_id", "observations", "content_hash")
+        .values_list("usage_record_id", "observations", "content_hash", "status")
     ):
-        later.setdefault(record_id, {}).update(observations)
+        # A skipped change was never billed: its usage is not accounted.
+        if status != BillingStatus.SKIPPED:
+            later.setdefault(record_id, {}).update(observations)
         known_changes.add((record_id, digest))
 
     new_records, pending_updates, adjustments = [], [], []
@@ -364,43 +397,61 @@ def ledger_reprice_unpriced(*, tenant: Tenant) -> int:
     """
     Price held (unpriced) usage with the prices we have now. Rows priced in
     full become pending, so the next batch bills them on a report of their
-    own; the rest stay held. The caller runs this inside the tenant's
-    context. Returns how many rows were released.
+    own; the rest stay held. Each chunk of rows is its own transaction.
+    Returns how many rows were released.
     """
     released = 0
     for model in (UsageRecord, UsageAdjustment):
-        held = (
-            model.objects.for_tenant(tenant)
-            .filter(status=BillingStatus.UNPRICED)
-            .only("id", "observations", "skip_reason")
-        )
-        for row in held.iterator(chunk_size=1000):
-            entries = {
-                obs_id: _reprice(entry) if _is_unpriced(entry) else entry
-                for obs_id, entry in row.observations.items()
-            }
-            if any(_is_unpriced(entry) for entry in entries.values()):
-                continue
-            row.observations = entries
-            totals = Totals.of(entries.values())
-            changes = {
-                "observations": entries,
-                "input_tokens": totals.input_tokens,
-                "output_tokens": totals.output_tokens,
-                "cached_tokens": totals.cached_tokens,
-                "cost": totals.cost,
-                "model_breakdown": totals.model_breakdown,
-                "status": BillingStatus.PENDING,
-                "skip_reason": "",
-            }
-            if model is UsageRecord:
-                changes["price_source"] = _price_source(entries)
-                changes["content_hash"] = content_hash(entries)
-                changes["updated_at"] = timezone.now()
-            released += model.objects.filter(
-                pk=row.pk, status=BillingStatus.UNPRICED
-            ).update(**changes)
+        with tenant_context([tenant.pk]):
+            held = list(
+                model.objects.for_tenant(tenant)
+                .filter(status=BillingStatus.UNPRICED)
+                .order_by("id")
+                .values_list("id", flat=True)
+            )
+        for at in range(0, len(held), REPRICE_CHUNK):
+            with tenant_context([tenant.pk]):
+                for row in model.objects.filter(
+                    id__in=held[at : at + REPRICE_CHUNK],
+                    status=BillingStatus.UNPRICED,
+                ).select_for_update():
+                    released += _release_if_priced(row)
     return released
+
+
+def _release_if_priced(row: UsageRecord | UsageAdjustment) -> bool:
+    entries = {
+        obs_id: _reprice(entry) if _is_unpriced(entry) else entry
+        for obs_id, entry in row.observations.items()
+    }
+    if any(_is_unpriced(entry) for entry in entries.values()):
+        return False
+    if isinstance(row, UsageAdjustment):
+        # An adjustment is a difference: what the change adds to what was
+        # accounted for the same observations before it.
+        totals = _delta(entries, _accounted_before(row))
+    else:
+        totals = Totals.of(entries.values())
+        row.price_source = _price_source(entries)
+        row.content_hash = content_hash(entries)
+    row.observations = entries
+    totals.apply_to(row)
+    row.status, row.skip_reason = BillingStatus.PENDING, ""
+    row.save()
+    return True
+
+
+def _accounted_before(adjustment: UsageAdjustment) -> dict[str, Entry]:
+    record = adjustment.usage_record
+    accounted = dict(record.observations)
+    for observations in (
+        UsageAdjustment.objects.filter(usage_record=record, id__lt=adjustment.id)
+        .exclude(status=BillingStatus.SKIPPED)
+        .order_by("id")
+        .values_list("observations", flat=True)
+    ):
+        accounted.update(observations)
+    return accounted
 
 
 def _reprice(entry: Entry) -> Entry:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import httpx
-import pydantic
 import stripe
 from langfuse.api.core.api_error import ApiError as LangfuseApiError
 
@@ -163,9 +162,6 @@ def classify(exc: BaseException) -> Failure | None:
         return Failure(
             _kind(status), f"HTTP {status}", status, retry_after=_retry_after(headers)
         )
-    if isinstance(exc, pydantic.ValidationError):
-        # The generated Langfuse client validates a whole page at once.
-        return Failure(TRANSIENT, "a page that does not match the API schema")
     if isinstance(exc, stripe.APIConnectionError):
         return Failure(TRANSIENT, "connection error")
     if isinstance(exc, stripe.StripeError):

@@ -19,12 +19,14 @@ Kinds:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, time, timedelta
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from billing.audit import Actor
@@ -87,6 +89,15 @@ def _window(
     # Reconcile: the stretch the cursor already calls complete.
     end = min(cursor.watermark or settled, settled)
     return end - lookback, end
+
+
+def _read_until(
+    kind: str, end: datetime, cursor: SyncCursor, now: datetime, tenant: Tenant
+) -> datetime:
+    """How far the source is read: this sync's end, else the last sync's."""
+    if kind == SyncRun.Kind.SYNC:
+        return end
+    return cursor.watermark or now - timedelta(seconds=tenant.settle_seconds)
 
 
 def _ineligible_reason(tenant: Tenant, kind: str) -> str:
@@ -205,7 +216,8 @@ class _Run:
                 "running trace",
                 self.tenant.slug,
             )
-            for page in self.source.pages(start=running[0][1], end=before):
+            stretch = max(running[0][1], oldest)
+            for page in self.source.pages(start=stretch, end=before):
                 self.merge(page)
 
     def merge(self, page: Page) -> dict[str, TraceUsage]:
@@ -216,7 +228,7 @@ class _Run:
                 result = ledger_merge(tenant=self.tenant, traces=traces)
                 if self.run.dry_run:
                     transaction.set_rollback(True)
-        except DatabaseError:
+        except (DataError, IntegrityError):
             result = self.merge_one_by_one(traces)
         self.count_page(page, traces, result)
         return traces
@@ -236,7 +248,7 @@ class _Run:
                             ledger_merge(tenant=self.tenant, traces={trace_id: trace})
                         )
                     continue
-                except DatabaseError as exc:
+                except (DataError, IntegrityError) as exc:
                     reason = f"could not be stored ({type(exc).__name__})"
                     logger.warning(
                         "tenant %s: trace %r %s", self.tenant.slug, trace_id, reason
@@ -249,7 +261,7 @@ class _Run:
                         result.add(
                             ledger_merge(tenant=self.tenant, traces={trace_id: poison})
                         )
-                except DatabaseError:
+                except (DataError, IntegrityError):
                     result.skip(reason)  # counted, if not even the id is storable
             if self.run.dry_run:
                 transaction.set_rollback(True)
@@ -277,13 +289,23 @@ class _Run:
         self.count_calls()
         _save(run, COUNTER_FIELDS)
 
-    def bill(self) -> None:
+    def bill(self, *, read_until: datetime) -> None:
+        """
+        Batch what has settled into the outbox and send it. Settled counts
+        from ``read_until``, the end of what the source was read up to: an
+        observation that started after it is not in the ledger yet, so a
+        trace is billed only once it was quiet for the settle window before
+        that moment (seed 002).
+        """
         run = self.run
         if run.kind == SyncRun.Kind.RECONCILE:
-            with tenant_context([self.tenant.pk]):
-                self.repriced = ledger_reprice_unpriced(tenant=self.tenant)
-        batched = reports_create(tenant=self.tenant)
+            self.repriced = ledger_reprice_unpriced(tenant=self.tenant)
+        batched = reports_create(tenant=self.tenant, now=read_until)
         run.reports_created = batched.reports
+        self.send()
+
+    def send(self) -> None:
+        run = self.run
         sent = reports_send(
             tenant=self.tenant,
             caller=self.stripe,
@@ -352,11 +374,20 @@ def sync_tenant(
         work = _Run(tenant=tenant, run=run)
         label = f"{kind} {tenant.slug}"
         try:
-            with progress(label=label, start=start, end=end) as bar:
-                if start < end:
-                    work.read(start=start, end=end, progress=bar)
+            try:
+                with progress(label=label, start=start, end=end) as bar:
+                    if start < end:
+                        work.read(start=start, end=end, progress=bar)
+            except ProviderError:
+                if not dry_run:
+                    # The outbox never waits for Langfuse: Stripe de-duplicates
+                    # an identifier for 24 hours only, so an unknown outcome
+                    # must be settled while it still can be.
+                    with contextlib.suppress(ProviderError, _Deferred, ReportsRejected):
+                        work.send()
+                raise
             if not dry_run:
-                work.bill()
+                work.bill(read_until=_read_until(kind, end, cursor, now, tenant))
             run.status = SyncRun.Status.SUCCEEDED
         except ProviderAuthError as exc:
             run.status, run.error = SyncRun.Status.FAILED, str(exc)
@@ -394,6 +425,12 @@ def sync_tenant(
         return run
 
 
+def _failure_kind(error: str) -> str:
+    # "3 report(s) left pending" and "4 report(s) left pending" are one
+    # failure that goes on: counts in a message do not make it a new one.
+    return re.sub(r"\d+", "N", error)
+
+
 def _record_health(run: SyncRun) -> None:
     """
     Count the runs in a row that failed this way, and show the tenant's
@@ -423,7 +460,7 @@ def _record_health(run: SyncRun) -> None:
         same = (
             previous is not None
             and previous["status"] == SyncRun.Status.FAILED
-            and previous["error"] == run.error
+            and _failure_kind(previous["error"]) == _failure_kind(run.error)
         )
         run.consecutive_failures = previous["consecutive_failures"] + 1 if same else 1
         if run.consecutive_failures >= SyncRun.STUCK_AFTER:
@@ -480,18 +517,58 @@ def backfill_tenant(
     progress: ProgressFactory = LogProgress,
 ) -> list[SyncRun]:
     """Bill history one UTC day at a time, waiting for the tenant's lock."""
+    return _day_by_day(
+        tenant_id=tenant_id,
+        kind=SyncRun.Kind.BACKFILL,
+        since=since,
+        until=until,
+        dry_run=dry_run,
+        progress=progress,
+    )
+
+
+def reconcile_tenant(
+    *,
+    tenant_id: int,
+    lookback: timedelta = RECONCILE_LOOKBACK,
+    dry_run: bool = False,
+    progress: ProgressFactory = LogProgress,
+) -> list[SyncRun]:
+    """
+    Re-read ``lookback`` behind the cursor one UTC day at a time, waiting
+    for the tenant's lock: a scheduled tier is never lost to a minute sync
+    that holds the lock, and a 35-day pass never holds the lock for long.
+    """
+    tenant = Tenant.objects.get(pk=tenant_id)
+    with tenant_context([tenant.pk]):
+        cursor, _ = SyncCursor.objects.get_or_create(tenant=tenant)
+    since, until = _window(
+        SyncRun.Kind.RECONCILE, tenant, cursor, timezone.now(), lookback
+    )
+    return _day_by_day(
+        tenant_id=tenant_id,
+        kind=SyncRun.Kind.RECONCILE,
+        since=since,
+        until=until,
+        dry_run=dry_run,
+        progress=progress,
+    )
+
+
+def _day_by_day(
+    *, tenant_id: int, kind: str, since: datetime, until: datetime, **options
+) -> list[SyncRun]:
     runs = []
     day_start = datetime.combine(since.astimezone(UTC).date(), time.min, tzinfo=UTC)
     while day_start < until:
         day_end = day_start + timedelta(days=1)
         run = sync_tenant(
             tenant_id=tenant_id,
-            kind=SyncRun.Kind.BACKFILL,
+            kind=kind,
             since=max(since, day_start),
             until=min(until, day_end),
-            dry_run=dry_run,
             wait_for_lock=True,
-            progress=progress,
+            **options,
         )
         runs.append(run)
         if run.status != SyncRun.Status.SUCCEEDED:
@@ -508,18 +585,28 @@ def eligible_tenant_ids(kind: str = SyncRun.Kind.SYNC) -> list[int]:
 
 
 def sync_tenants(
-    tenant_ids: list[int], *, concurrency: int = 4, **options
+    tenant_ids: list[int],
+    *,
+    concurrency: int = 4,
+    kind: str = SyncRun.Kind.SYNC,
+    lookback: timedelta = RECONCILE_LOOKBACK,
+    **options,
 ) -> list[SyncRun | None]:
     """
-    Sync several tenants in parallel threads, each with its own connection,
-    limiter and breaker: one tenant's failures never slow another's run.
+    Sync (or reconcile, a run per day) several tenants in parallel threads,
+    each with its own connection, limiter and breaker: one tenant's failures
+    never slow another's run. None stands for a tenant whose lock was held.
     """
 
-    def one(tenant_id: int) -> SyncRun | None:
+    def one(tenant_id: int) -> list[SyncRun | None]:
         try:
-            return sync_tenant(tenant_id=tenant_id, **options)
+            if kind == SyncRun.Kind.RECONCILE:
+                return reconcile_tenant(
+                    tenant_id=tenant_id, lookback=lookback, **options
+                )
+            return [sync_tenant(tenant_id=tenant_id, kind=kind, **options)]
         finally:
             connection.close()
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        return list(pool.map(one, tenant_ids))
+        return [run for runs in pool.map(one, tenant_ids) for run in runs]

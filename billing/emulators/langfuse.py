@@ -873,7 +873,8 @@ class LangfuseEmulator:
             name: stored[name] for group in query.groups for name in FIELD_GROUPS[group]
         }
         metadata = item.get("metadata")
-        if metadata:
+        # Stored as given: a test may store what the schema does not allow.
+        if metadata and isinstance(metadata, dict):
             item["metadata"] = {
                 key: _truncate(value) if key not in query.expand_metadata else value
                 for key, value in metadata.items()

@@ -17,6 +17,9 @@ from billing.pricing import PriceSource
 from billing.tenancy import TenantOwnedModel
 
 MONEY = {"max_digits": 20, "decimal_places": 10}
+# Running totals in meter units (micro-USD or tokens) grow without end:
+# 20 digits would overflow at $10,000 of a tenant's lifetime.
+METER_TOTAL = {"max_digits": 34, "decimal_places": 10}
 
 
 class BillingStatus(models.TextChoices):
@@ -84,7 +87,7 @@ class StripeReport(TenantOwnedModel):
     # Integer meter value in the tenant's unit; the exact amount is kept so
     # that rounding is carried across batches, never lost.
     value = models.BigIntegerField()
-    amount = models.DecimalField(**MONEY)
+    amount = models.DecimalField(**METER_TOTAL)
     day = models.DateField()
     timestamp = models.DateTimeField()
     record_count = models.PositiveIntegerField(default=0)
@@ -153,6 +156,12 @@ class UsageRecord(TenantOwnedModel, UsageTotals):
         indexes = [
             models.Index(fields=["tenant", "status", "trace_timestamp"]),
             models.Index(fields=["tenant", "trace_timestamp"]),
+            # The minute sync looks up the traces still running.
+            models.Index(
+                fields=["tenant", "running_since"],
+                condition=Q(running_since__isnull=False),
+                name="usage_record_running",
+            ),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -217,7 +226,7 @@ class SyncCursor(TenantOwnedModel):
 
     watermark = models.DateTimeField(null=True, blank=True)
     # Running totals that carry meter rounding across batches.
-    billed_amount = models.DecimalField(default=0, **MONEY)
+    billed_amount = models.DecimalField(default=0, **METER_TOTAL)
     billed_units = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -50,7 +50,7 @@ def langfuse_error(status, body="Invalid key sk-lf-secret-abcd", headers=None):
         (langfuse_error(408), "transient"),
         (langfuse_error(409), "transient"),
         # A 200 whose body did not parse (cut off on the way): retried.
-        (langfuse_error(200, body="{\"data\": [{\"id"), "transient"),
+        (langfuse_error(200, body='{"data": [{"id'), "transient"),
         (langfuse_error(401), "auth"),
         (langfuse_error(403), "auth"),
         (langfuse_error(400), "permanent"),

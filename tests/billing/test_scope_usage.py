@@ -123,10 +123,13 @@ def test_a_late_change_adds_to_the_traces_day_and_scopes_without_a_trace(tenant)
     merge(tenant, trace("t1", {"o1": GPT}, project_id="web", user_id="u1"))
     UsageRecord.objects.update(status="reported", report=report(tenant))
 
-    merge(tenant, trace("t1", {"o1": [*GPT[:4], "0.0150", "price_table"]}))
+    # Langfuse revised the usage: 500 more input tokens, $0.005 more.
+    merge(
+        tenant, trace("t1", {"o1": ["gpt-4o", 1500, 100, 50, "0.0150", "price_table"]})
+    )
 
     assert usage(scope_type="user") == {
-        ("user", "", "u1", "gpt-4o"): (1, 1, 1000, Decimal("0.0150"))
+        ("user", "", "u1", "gpt-4o"): (1, 1, 1500, Decimal("0.0150"))
     }
 
 

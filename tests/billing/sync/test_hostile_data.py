@@ -6,6 +6,7 @@ blocks a page, and Stripe equals the ledger's billable total to the unit.
 """
 
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.db import connection
@@ -305,3 +306,139 @@ def test_cache_write_and_reasoning_tokens_are_billed(world):
         {k: v for k, v in claude.items() if k != "cache_creation_input_tokens"}
     )
     assert world.stripe_total(tenant) == world.ledger_micro_usd(tenant)
+
+
+def test_an_item_off_the_api_schema_is_one_malformed_observation(world):
+    tenant = world.tenant("acme")
+    start = timezone.now() - timedelta(minutes=10)
+    world.langfuse.add_observations(
+        tenant.langfuse_public_key,
+        [
+            # Fractional counts and a list for metadata: the generated client
+            # would refuse the whole page.
+            _generation("odd", start, n=0, usageDetails={"input": 1.5}),
+            _generation("odd", start, n=1, metadata=["not", "a", "dict"]),
+        ],
+    )
+    good = [world.trace(tenant) for _ in range(3)]
+
+    run = sync_tenant(tenant_id=tenant.pk)
+    again = sync_tenant(tenant_id=tenant.pk)
+
+    assert run.status == again.status == SyncRun.Status.SUCCEEDED
+    odd = _records(tenant).get(trace_id="odd")
+    assert odd.status == "skipped"
+    assert "does not match the API schema" in odd.skip_reason
+    assert _records(tenant).filter(status="reported").count() == len(good)
+    _assert_every_trace_accounted(world, tenant, ["odd", *good])
+
+
+def test_an_end_a_little_before_the_start_is_clock_skew_not_bad_data(world):
+    tenant = world.tenant("acme")
+    start = timezone.now() - timedelta(minutes=10)
+    skewed = _generation("skewed", start)
+    skewed["endTime"] = iso(start - timedelta(seconds=2))
+    world.langfuse.add_observations(tenant.langfuse_public_key, [skewed])
+
+    sync_tenant(tenant_id=tenant.pk)
+
+    assert _records(tenant).get(trace_id="skewed").status == "reported"
+    assert world.stripe_total(tenant) == world.ledger_micro_usd(tenant) > 0
+
+
+def test_stripe_sends_what_is_in_the_outbox_while_langfuse_is_down(world):
+    tenant = world.tenant("acme")
+    world.trace(tenant)
+    # Stripe is down for the first run: its report stays pending.
+    world.stripe.faults = Faults(rate_5xx=1.0)
+    first = sync_tenant(tenant_id=tenant.pk)
+    assert first.status == SyncRun.Status.FAILED
+    assert world.stripe_total(tenant) == 0
+
+    # Then Langfuse goes down and Stripe comes back: the outbox still goes.
+    world.stripe.faults = Faults()
+    world.langfuse.faults = Faults(rate_5xx=1.0)
+    second = sync_tenant(tenant_id=tenant.pk)
+
+    assert second.status == SyncRun.Status.FAILED
+    assert second.error.startswith("langfuse: ")
+    assert world.stripe_total(tenant) == world.ledger_micro_usd(tenant) > 0
+
+
+def test_a_failure_that_only_changes_its_counts_is_still_the_same_failure(world):
+    tenant = world.tenant("acme")
+    world.stripe.faults = Faults(rate_5xx=1.0)
+    runs = []
+    for n in range(3):
+        world.trace(tenant, start=timezone.now() - timedelta(minutes=10 + n))
+        runs.append(sync_tenant(tenant_id=tenant.pk))
+
+    # "1 report(s) left pending", "2 report(s)...": one outage going on.
+    assert [r.consecutive_failures for r in runs] == [1, 2, 3]
+    tenant.refresh_from_db()
+    assert tenant.sync_problem.startswith("stuck: 3 runs in a row failed: ")
+
+
+def test_a_held_change_to_a_billed_trace_bills_only_its_difference(world, monkeypatch):
+    from billing import pricing
+
+    tenant = world.tenant("acme")
+    start = timezone.now() - timedelta(minutes=30)
+    billed = _generation("t", start, model="gpt-4o", usage={"input": 1_000_000})
+    world.langfuse.add_observations(tenant.langfuse_public_key, [billed])
+    sync_tenant(tenant_id=tenant.pk)
+    before = world.stripe_total(tenant)
+    assert before == 2_500_000  # $2.50 for 1M input tokens of gpt-4o
+
+    # Langfuse revises the observation with a usage key nobody prices.
+    revised = {**billed, "usageDetails": {"input": 1_000_000, "acme_units": 10}}
+    world.langfuse.add_observations(tenant.langfuse_public_key, [revised])
+    sync_tenant(tenant_id=tenant.pk, kind=SyncRun.Kind.RECONCILE)
+    held = UsageRecord.objects.get(trace_id="t").adjustments.get()
+    assert held.status == "unpriced"
+    assert world.stripe_total(tenant) == before
+
+    gpt_4o = pricing.price_for_model("gpt-4o")
+    priced = pricing.model_price(
+        "gpt-4o", {**gpt_4o.prices, "acme_units": "0.1"}, match_pattern="^gpt-4o$"
+    )
+    monkeypatch.setattr(pricing, "PRICE_TABLE", (priced, *pricing.PRICE_TABLE))
+    sync_tenant(tenant_id=tenant.pk, kind=SyncRun.Kind.RECONCILE)
+
+    held.refresh_from_db()
+    assert (held.status, str(held.cost)) == ("reported", "1.0000000000")
+    assert world.stripe_total(tenant) == before + 1_000_000
+    assert world.stripe_total(tenant) == world.ledger_micro_usd(tenant)
+
+
+def test_entries_stored_before_usage_was_kept_do_not_re_bill_on_re_read(world):
+    tenant = world.tenant("acme")
+    trace_id = world.trace(tenant, start=timezone.now() - timedelta(hours=2))
+    sync_tenant(tenant_id=tenant.pk)
+    record = UsageRecord.objects.get(trace_id=trace_id)
+    # As the previous release stored them: six items, no usage dict.
+    old = {k: v[:6] for k, v in record.observations.items()}
+    UsageRecord.objects.filter(pk=record.pk).update(observations=old)
+    billed = world.stripe_total(tenant)
+
+    run = sync_tenant(tenant_id=tenant.pk, kind=SyncRun.Kind.RECONCILE)
+
+    assert run.adjustments == 0
+    assert world.stripe_total(tenant) == billed
+
+
+def test_a_lifetime_beyond_ten_thousand_dollars_keeps_billing(world):
+    tenant = world.tenant("acme")
+    # A tenant that has already been billed $50,000 in micro-USD.
+    SyncCursor.objects.create(
+        tenant=tenant,
+        billed_amount=Decimal("50000000000.4"),
+        billed_units=50_000_000_000,
+    )
+    world.trace(tenant, generations=[("gpt-4o", 1_000_000, 0, 0)])
+
+    run = sync_tenant(tenant_id=tenant.pk)
+
+    assert run.status == SyncRun.Status.SUCCEEDED
+    assert world.stripe_total(tenant) == 2_500_000
+    assert SyncCursor.objects.get(tenant=tenant).billed_units == 50_002_500_000

@@ -11,8 +11,8 @@ from datetime import timedelta
 import time_machine
 from django.utils import timezone
 
-from billing.models import SyncRun, UsageRecord
-from billing.sync import RECONCILE_TIERS, sync_tenant
+from billing.models import UsageRecord
+from billing.sync import RECONCILE_TIERS, reconcile_tenant, sync_tenant
 from tests.billing.sync.conftest import iso
 
 
@@ -126,14 +126,10 @@ def test_an_observation_an_hour_late_is_billed_by_the_hourly_reconcile(world):
         tenant.langfuse_public_key, [_late_generation(trace_id, start, 1)]
     )
     assert sync_tenant(tenant_id=tenant.pk).adjustments == 0
-    run = sync_tenant(
-        tenant_id=tenant.pk,
-        kind=SyncRun.Kind.RECONCILE,
-        lookback=RECONCILE_TIERS["hourly"],
-    )
+    runs = reconcile_tenant(tenant_id=tenant.pk, lookback=RECONCILE_TIERS["hourly"])
 
     adjustment = _record(trace_id).adjustments.get()
-    assert (run.adjustments, adjustment.status) == (1, "reported")
+    assert (sum(r.adjustments for r in runs), adjustment.status) == (1, "reported")
     assert world.stripe_total(tenant) == world.ledger_micro_usd(tenant)
 
 
@@ -148,22 +144,45 @@ def test_an_observation_a_day_late_on_an_old_trace_is_billed_by_the_daily_tier(
         tenant.langfuse_public_key, [_late_generation(trace_id, start, 1)]
     )
 
-    hourly = sync_tenant(
-        tenant_id=tenant.pk,
-        kind=SyncRun.Kind.RECONCILE,
-        lookback=RECONCILE_TIERS["hourly"],
-    )
-    daily = sync_tenant(
-        tenant_id=tenant.pk,
-        kind=SyncRun.Kind.RECONCILE,
-        lookback=RECONCILE_TIERS["daily"],
-    )
-    weekly = sync_tenant(
-        tenant_id=tenant.pk,
-        kind=SyncRun.Kind.RECONCILE,
-        lookback=RECONCILE_TIERS["weekly"],
-    )
+    adjustments = [
+        sum(
+            run.adjustments
+            for run in reconcile_tenant(
+                tenant_id=tenant.pk, lookback=RECONCILE_TIERS[tier]
+            )
+        )
+        for tier in ("hourly", "daily", "weekly")
+    ]
 
-    assert (hourly.adjustments, daily.adjustments, weekly.adjustments) == (0, 1, 0)
+    assert adjustments == [0, 1, 0]
     assert _record(trace_id).adjustments.get().status == "reported"
     assert world.stripe_total(tenant) == world.ledger_micro_usd(tenant)
+
+
+def test_a_scheduled_tier_waits_for_a_minute_sync_instead_of_being_lost(world):
+    import threading
+
+    from billing.locks import tenant_sync_lock
+
+    tenant = world.tenant("acme")
+    world.trace(tenant, start=timezone.now() - timedelta(hours=3))
+    sync_tenant(tenant_id=tenant.pk)
+    held, release = threading.Event(), threading.Event()
+
+    def minute_sync_holding_the_lock():
+        from django.db import connection
+
+        with tenant_sync_lock(tenant.pk):
+            held.set()
+            release.wait(5)
+        connection.close()
+
+    holder = threading.Thread(target=minute_sync_holding_the_lock)
+    holder.start()
+    held.wait(5)
+    threading.Timer(0.5, release.set).start()
+    runs = reconcile_tenant(tenant_id=tenant.pk, lookback=RECONCILE_TIERS["hourly"])
+    holder.join()
+
+    assert runs and all(run is not None for run in runs)
+    assert all(run.status == "succeeded" for run in runs)
