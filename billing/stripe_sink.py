@@ -425,6 +425,22 @@ def report_retry(*, report_id: int, actor: Actor) -> bool:
     return bool(updated)
 
 
+# Stripe de-duplicates an identifier for a rolling 24 hours at least: past
+# that, re-sending a report whose earlier try may have been recorded could
+# bill it twice. Before then, it goes to an operator instead.
+UNKNOWN_OUTCOME_WINDOW = timedelta(hours=20)
+UNKNOWN_OUTCOME_DETAIL = "outcome unknown for over 20 hours"
+UNKNOWN_OUTCOME_HINT = (
+    "Stripe may have recorded it: check the customer's meter event summaries "
+    "for this identifier, then retry the report only if it is missing"
+)
+
+
+def _outcome_too_old(report: StripeReport) -> bool:
+    tried = report.attempts > 0 and report.last_error
+    return bool(tried) and report.created_at < timezone.now() - UNKNOWN_OUTCOME_WINDOW
+
+
 def _send_one(
     *,
     tenant: Tenant,
@@ -437,6 +453,16 @@ def _send_one(
         with tenant_context([tenant.pk]):
             report = StripeReport.objects.select_related("tenant").get(
                 pk=report_id, status=StripeReport.Status.PENDING
+            )
+        if _outcome_too_old(report):
+            report_transition(
+                report=report,
+                to=StripeReport.Status.FAILED,
+                actor=actor,
+                error=f"{UNKNOWN_OUTCOME_DETAIL}; {UNKNOWN_OUTCOME_HINT}",
+            )
+            return _Outcome(
+                "failed", rejection=(UNKNOWN_OUTCOME_DETAIL, UNKNOWN_OUTCOME_HINT)
             )
         tries = itertools.count()
         failures: list[Failure] = []

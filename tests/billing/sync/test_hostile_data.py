@@ -154,7 +154,9 @@ def test_cut_json_pages_are_retried_like_a_5xx(world):
     _assert_every_trace_accounted(world, tenant, traces)
 
 
-def test_cut_pages_every_time_fail_the_run_and_three_make_the_tenant_stuck(world):
+def test_cut_pages_every_time_fail_the_run_and_three_make_the_tenant_stuck(
+    world, fast_backoff
+):
     tenant = world.tenant("acme")
     world.trace(tenant)
     world.langfuse.faults = Faults(rate_cut_body=1.0)
@@ -346,7 +348,15 @@ def test_an_end_a_little_before_the_start_is_clock_skew_not_bad_data(world):
     assert world.stripe_total(tenant) == world.ledger_micro_usd(tenant) > 0
 
 
-def test_stripe_sends_what_is_in_the_outbox_while_langfuse_is_down(world):
+@pytest.fixture
+def fast_backoff(monkeypatch):
+    # The retry logic is untouched; only its sleeps are shortened.
+    from billing import provider_calls
+
+    monkeypatch.setattr(provider_calls, "TRANSIENT_BACKOFF_BASE", 0.001)
+
+
+def test_stripe_sends_what_is_in_the_outbox_while_langfuse_is_down(world, fast_backoff):
     tenant = world.tenant("acme")
     world.trace(tenant)
     # Stripe is down for the first run: its report stays pending.
@@ -365,7 +375,9 @@ def test_stripe_sends_what_is_in_the_outbox_while_langfuse_is_down(world):
     assert world.stripe_total(tenant) == world.ledger_micro_usd(tenant) > 0
 
 
-def test_a_failure_that_only_changes_its_counts_is_still_the_same_failure(world):
+def test_a_failure_that_only_changes_its_counts_is_still_the_same_failure(
+    world, fast_backoff
+):
     tenant = world.tenant("acme")
     world.stripe.faults = Faults(rate_5xx=1.0)
     runs = []

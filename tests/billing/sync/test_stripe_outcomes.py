@@ -208,3 +208,31 @@ def test_a_connection_lost_on_every_try_is_billed_once_by_the_next_run(
     assert second.status == SyncRun.Status.SUCCEEDED, second.error
     assert second.billed == 5
     assert_billed_exactly_once(world, tenant)
+
+
+def test_an_outcome_unknown_for_a_day_goes_to_an_operator_not_to_stripe(world):
+    import time_machine
+    from django.utils import timezone
+
+    from billing.emulators.base import Faults
+
+    tenant = world.tenant("acme")
+    world.trace(tenant)
+    world.stripe.faults = Faults(rate_5xx=1.0)
+    sync_tenant(tenant_id=tenant.pk)
+    report = StripeReport.objects.get()
+    assert (report.status, report.attempts) == ("pending", 1)
+
+    # Stripe comes back 21 hours later: it may have recorded the first try
+    # and no longer remember its identifier, so a re-send could bill twice.
+    world.stripe.faults = Faults()
+    with time_machine.travel(timezone.now() + timedelta(hours=21)):
+        run = sync_tenant(tenant_id=tenant.pk)
+
+    report.refresh_from_db()
+    assert report.status == "failed"
+    assert report.last_error.startswith("outcome unknown for over 20 hours; ")
+    assert run.status == SyncRun.Status.FAILED
+    assert world.stripe.meter_events() == []
+    tenant.refresh_from_db()
+    assert tenant.sync_problem.startswith("1 Stripe report(s) failed")
