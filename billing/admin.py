@@ -131,6 +131,7 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
                     "sync_concurrency",
                     "overlap_seconds",
                     "max_running_seconds",
+                    "scope_mapping",
                     "sync_paused_reason",
                     "sync_paused_at",
                     "sync_problem",

@@ -29,6 +29,7 @@ TENANT_FIELDS = (
     "sync_concurrency",
     "overlap_seconds",
     "max_running_seconds",
+    "scope_mapping",
 )
 
 

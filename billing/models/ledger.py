@@ -249,6 +249,8 @@ class SyncRun(TenantOwnedModel):
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
         SKIPPED = "skipped", "Skipped"
+        # Its process died (SIGKILL, OOM, a restart) without finishing it.
+        ABANDONED = "abandoned", "Abandoned"
 
     kind = models.CharField(max_length=16, choices=Kind.choices)
     status = models.CharField(
@@ -273,6 +275,8 @@ class SyncRun(TenantOwnedModel):
     rate_limited = models.PositiveIntegerField(default=0)
     final_delay_ms = models.PositiveIntegerField(default=0)
     skip_reasons = models.JSONField(default=dict, blank=True)
+    # {scope: traces read with no value for it}: a mapping that misses.
+    scopes_missing = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     # Runs of this tenant in a row, this one included, that failed with this
     # error; STUCK_AFTER or more and the tenant shows as stuck.
@@ -288,7 +292,15 @@ class SyncRun(TenantOwnedModel):
                 name="sync_run_kind_valid",
             ),
             models.CheckConstraint(
-                condition=Q(status__in=["running", "succeeded", "failed", "skipped"]),
+                condition=Q(
+                    status__in=[
+                        "running",
+                        "succeeded",
+                        "failed",
+                        "skipped",
+                        "abandoned",
+                    ]
+                ),
                 name="sync_run_status_valid",
             ),
         ]

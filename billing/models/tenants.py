@@ -9,6 +9,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.db.models import Q
 
+from billing.scopes import DEFAULT_SCOPE_MAPPING, validate_scope_mapping
 from billing.secrets import EncryptedSecretField
 from billing.tenancy import TenantOwnedModel, TenantQuerySet
 
@@ -16,6 +17,15 @@ from billing.tenancy import TenantOwnedModel, TenantQuerySet
 DEFAULT_SETTLE_SECONDS = 60
 
 DEFAULT_METER_EVENT_NAME = "llm_usage"
+SCOPE_MAPPING_HELP = (
+    "Per scope (project, agent, epic, user), the sources to try in order: "
+    "metadata.<key>, tag:<prefix>, trace_name, user_id, session_id, "
+    "langfuse_project_id. Scopes left out keep the defaults: "
+    + "; ".join(
+        f"{scope}: {', '.join(sources)}"
+        for scope, sources in DEFAULT_SCOPE_MAPPING.items()
+    )
+)
 DEFAULT_OVERLAP_SECONDS = 15 * 60
 DEFAULT_MAX_RUNNING_SECONDS = 60 * 60
 DEFAULT_SYNC_CONCURRENCY = 4
@@ -78,6 +88,13 @@ class Tenant(models.Model):
         default=DEFAULT_MAX_RUNNING_SECONDS,
         validators=[MinValueValidator(60)],
         help_text="Bill a trace whose observations are still running after this.",
+    )
+    # Which observation field names each scope; {} keeps the defaults.
+    scope_mapping = models.JSONField(
+        default=dict,
+        blank=True,
+        validators=[validate_scope_mapping],
+        help_text=SCOPE_MAPPING_HELP,
     )
     # Set when the provider rejects the tenant's credentials (401/403); the
     # scheduler skips the tenant until an operator resumes it.
