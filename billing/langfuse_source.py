@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -33,6 +33,7 @@ from langfuse.api.core.pydantic_utilities import parse_obj_as
 
 from billing.models import Tenant
 from billing.provider_calls import ProviderCaller
+from billing.scopes import DEFAULT_SCOPE_MAPPING, resolve_scope, scope_mapping_for
 
 OBSERVATIONS_PATH = "api/public/v2/observations"
 PAGE_SIZE = 1000
@@ -130,8 +131,13 @@ def _usage(details: dict | None) -> dict[str, int]:
     return usage
 
 
-def parse_observation(raw: ObservationV2) -> Observation:
-    """Validate one observation; raise MalformedObservation with a reason."""
+def parse_observation(
+    raw: ObservationV2, scope_mapping: Mapping[str, list[str]] = DEFAULT_SCOPE_MAPPING
+) -> Observation:
+    """
+    Validate one observation and read its scopes with the tenant's mapping;
+    raise MalformedObservation with a reason.
+    """
     if not raw.trace_id:
         raise MalformedObservation("missing traceId")
     usage = _usage(raw.usage_details)
@@ -149,6 +155,22 @@ def parse_observation(raw: ObservationV2) -> Observation:
     # An event is a point in time: it never runs.
     end_time = end_time or (raw.start_time if raw.type == "EVENT" else None)
     metadata = raw.metadata if isinstance(raw.metadata, dict) else {}
+    scopes = {
+        scope: clean_text(
+            resolve_scope(
+                sources,
+                metadata=metadata,
+                tags=raw.tags or [],
+                fields={
+                    "trace_name": raw.trace_name,
+                    "user_id": raw.user_id,
+                    "session_id": raw.session_id,
+                    "langfuse_project_id": raw.project_id,
+                },
+            )
+        )
+        for scope, sources in scope_mapping.items()
+    }
     moments = [raw.start_time, raw.end_time, raw.updated_at]
     return Observation(
         id=clean_id(raw.id),
@@ -160,10 +182,10 @@ def parse_observation(raw: ObservationV2) -> Observation:
         usage=usage,
         langfuse_cost=cost,
         langfuse_cost_details=cost_details,
-        user_id=clean_text(raw.user_id),
-        project_id=clean_text(metadata.get("project_id") or raw.project_id),
-        agent_id=clean_text(raw.trace_name or metadata.get("agent")),
-        epic_id=clean_text(metadata.get("epic")),
+        user_id=scopes["user"],
+        project_id=scopes["project"],
+        agent_id=scopes["agent"],
+        epic_id=scopes["epic"],
     )
 
 
@@ -252,6 +274,7 @@ class LangfuseSource:
         self.caller = caller
         self.page_size = page_size or PAGE_SIZE
         self.client = langfuse_client(tenant)
+        self.scope_mapping = scope_mapping_for(tenant.scope_mapping)
 
     def pages(
         self,
@@ -287,7 +310,7 @@ class LangfuseSource:
                     page.malformed.append(_unparsable(item, exc, fallback=start))
                     continue
                 try:
-                    page.observations.append(parse_observation(raw))
+                    page.observations.append(parse_observation(raw, self.scope_mapping))
                 except MalformedObservation as exc:
                     page.malformed.append(
                         Malformed(

@@ -50,6 +50,7 @@ from billing.provider_calls import (
     ProviderCaller,
     ProviderError,
 )
+from billing.scopes import SCOPES
 from billing.services import tenant_pause_sync, tenant_set_sync_problem
 from billing.stripe_sink import ReportsRejected, reports_create, reports_send
 from billing.tenancy import tenant_context
@@ -132,6 +133,7 @@ COUNTER_FIELDS = [
     "rate_limited",
     "final_delay_ms",
     "skip_reasons",
+    "scopes_missing",
 ]
 
 
@@ -281,6 +283,12 @@ class _Run:
         reasons = dict(run.skip_reasons)
         for reason, count in result.skip_reasons.items():
             reasons[reason] = reasons.get(reason, 0) + count
+        missing = dict(run.scopes_missing)
+        for trace in traces.values():
+            for scope in SCOPES:
+                if not getattr(trace, f"{scope}_id"):
+                    missing[scope] = missing.get(scope, 0) + 1
+        run.scopes_missing = missing
         orphans = sum(1 for bad in page.malformed if not bad.trace_id)
         if orphans:
             key = "observation without traceId"
