@@ -554,6 +554,8 @@ def reports_send(
             tenant=tenant, report_id=report_id, caller=caller, client=client
         )
 
+    if connection.vendor == "sqlite":
+        concurrency = 1  # one writer at a time: the embedded default
     with ThreadPoolExecutor(
         max_workers=concurrency, thread_name_prefix=f"stripe-{tenant.pk}"
     ) as pool:

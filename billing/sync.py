@@ -114,8 +114,31 @@ def _ineligible_reason(tenant: Tenant, kind: str) -> str:
 
 
 def _save(run: SyncRun, fields: list[str]) -> None:
+    if run.dry_run:
+        return  # a dry run writes nothing, not even its own record
     with tenant_context([run.tenant_id]):
         run.save(update_fields=fields)
+
+
+ABANDONED_REASON = (
+    "abandoned: the process running it stopped without finishing "
+    "(killed, out of memory or restarted)"
+)
+
+
+def sync_runs_abandon(*, tenant_id: int) -> int:
+    """
+    Mark the tenant's runs still shown as running as abandoned. Only call
+    with the tenant's sync lock held: then no process runs them.
+    """
+    with tenant_context([tenant_id]):
+        return SyncRun.objects.filter(
+            tenant_id=tenant_id, status=SyncRun.Status.RUNNING
+        ).update(
+            status=SyncRun.Status.ABANDONED,
+            finished_at=timezone.now(),
+            error=ABANDONED_REASON,
+        )
 
 
 COUNTER_FIELDS = [
@@ -358,14 +381,22 @@ def sync_tenant(
             return None
         tenant = Tenant.objects.get(pk=tenant_id)
         now = timezone.now()
+        if not dry_run and (abandoned := sync_runs_abandon(tenant_id=tenant.pk)):
+            logger.warning(
+                "tenant %s: %d run(s) %s", tenant.slug, abandoned, ABANDONED_REASON
+            )
         with tenant_context([tenant.pk]):
-            cursor, _ = SyncCursor.objects.get_or_create(tenant=tenant)
+            if dry_run:
+                cursor = SyncCursor.objects.filter(tenant=tenant).first()
+                cursor = cursor or SyncCursor(tenant=tenant)
+            else:
+                cursor, _ = SyncCursor.objects.get_or_create(tenant=tenant)
             start, end = (
                 (since, until)
                 if since and until
                 else _window(kind, tenant, cursor, now, lookback)
             )
-            run = SyncRun.objects.create(
+            run = SyncRun(
                 tenant=tenant,
                 kind=kind,
                 dry_run=dry_run,
@@ -373,6 +404,8 @@ def sync_tenant(
                 window_start=start,
                 window_end=end,
             )
+            if not dry_run:
+                run.save()
         reason = _ineligible_reason(tenant, kind)
         if reason:
             run.status, run.error, run.finished_at = SyncRun.Status.SKIPPED, reason, now
@@ -380,7 +413,7 @@ def sync_tenant(
             return run
 
         work = _Run(tenant=tenant, run=run)
-        label = f"{kind} {tenant.slug}"
+        label = f"{kind} {tenant.slug}{' (dry run)' if dry_run else ''}"
         try:
             try:
                 with progress(label=label, start=start, end=end) as bar:
@@ -399,7 +432,7 @@ def sync_tenant(
             run.status = SyncRun.Status.SUCCEEDED
         except ProviderAuthError as exc:
             run.status, run.error = SyncRun.Status.FAILED, str(exc)
-            if exc.provider == "langfuse":
+            if exc.provider == "langfuse" and not dry_run:
                 tenant_pause_sync(
                     tenant_id=tenant.pk, reason=str(exc), actor=Actor.job()
                 )
@@ -493,9 +526,10 @@ def _log_summary(run: SyncRun, work: _Run) -> None:
         )
     reasons = ", ".join(f"{n} {why}" for why, n in sorted(run.skip_reasons.items()))
     logger.info(
-        "%s %s: %s; %d traces fetched, %d billed, %d skipped%s, %d healed, "
+        "%s%s %s: %s; %d traces fetched, %d billed, %d skipped%s, %d healed, "
         "%d adjustments, %d/%d reports sent, %d failed; %d Langfuse and %d Stripe "
         "calls, %d rate limited, final delay %d ms%s",
+        "dry run of " if run.dry_run else "",
         run.kind,
         work.tenant.slug,
         run.status,
@@ -616,5 +650,7 @@ def sync_tenants(
         finally:
             connection.close()
 
+    if connection.vendor == "sqlite":
+        concurrency = 1  # one writer at a time: the embedded default
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         return [run for runs in pool.map(one, tenant_ids) for run in runs]

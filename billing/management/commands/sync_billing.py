@@ -1,4 +1,5 @@
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 
 from billing.management.commands._options import progress_factory, tenant_by_slug
 from billing.models import SyncRun
@@ -33,14 +34,21 @@ class Command(BaseCommand):
         tenant_ids = (
             [tenant_by_slug(tenant).pk] if tenant else eligible_tenant_ids(kind)
         )
-        runs = sync_tenants(
-            tenant_ids,
-            concurrency=concurrency,
-            kind=kind,
-            lookback=RECONCILE_TIERS[tier],
-            dry_run=dry_run,
-            progress=progress_factory(),
-        )
+        try:
+            runs = sync_tenants(
+                tenant_ids,
+                concurrency=concurrency,
+                kind=kind,
+                lookback=RECONCILE_TIERS[tier],
+                dry_run=dry_run,
+                progress=progress_factory(),
+            )
+        except DatabaseError as exc:
+            # One clear line; --traceback shows the rest.
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise CommandError(
+                f"sync stopped by a database error: {type(exc).__name__}: {first_line}"
+            ) from exc
         failed = []
         for run in runs:
             if run is None:
