@@ -16,6 +16,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from anomalies.pipeline import detect_days, previous_utc_day, rollup_days
+from billing.schedule import once_per_tick
 
 QUEUE = "default"
 
@@ -52,6 +53,7 @@ def _current_job_id() -> str:
     return job.id if job else ""
 
 
+@once_per_tick
 def enqueue_daily_analytics(day: date | None = None) -> tuple[Job, Job]:
     """Enqueue the rollup of ``day`` (default: yesterday, UTC) and its detection."""
     day = day or previous_utc_day()

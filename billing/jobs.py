@@ -3,9 +3,10 @@ RQ jobs: thin wrappers that fan out per tenant and call the sync engine.
 
 The scheduler (``manage.py rqcron billing_project.cron``) enqueues the fan-out
 jobs; each tenant then gets its own job, so tenants run in parallel across
-workers and one slow tenant never holds up the rest. A second scheduler or a
-duplicate job is harmless: the tenant's advisory lock lets one run through and
-the other returns at once.
+workers and one slow tenant never holds up the rest. A second scheduler
+enqueues nothing more (``billing.schedule.once_per_tick``), and a duplicate
+job is harmless: the tenant's advisory lock lets one run through and the
+other is recorded as skipped.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from billing.models import SyncRun
+from billing.schedule import once_per_tick
 from billing.sync import (
     RECONCILE_TIERS,
     eligible_tenant_ids,
     reconcile_tenant,
+    sync_runs_sweep,
     sync_tenant,
 )
 
@@ -66,10 +69,14 @@ def enqueue_tenant_jobs(
     return enqueued
 
 
+@once_per_tick
 def sync_all_tenants() -> list[int]:
+    """Every minute: a sync job per tenant, after abandoning dead runs."""
+    sync_runs_sweep()
     return enqueue_tenant_jobs(SyncRun.Kind.SYNC)
 
 
+@once_per_tick
 def reconcile_all_tenants(tier: str = "hourly") -> list[int]:
     """Re-read one tier of history (``RECONCILE_TIERS``) for late data."""
     return enqueue_tenant_jobs(SyncRun.Kind.RECONCILE, tier)
@@ -78,8 +85,6 @@ def reconcile_all_tenants(tier: str = "hourly") -> list[int]:
 def sync_tenant_job(tenant_id: int, kind: str = SyncRun.Kind.SYNC) -> dict:
     """Run one tenant's sync; the result is counts only, never provider text."""
     run = sync_tenant(tenant_id=tenant_id, kind=kind)
-    if run is None:
-        return {"tenant_id": tenant_id, "status": "locked"}
     return {
         "tenant_id": tenant_id,
         "sync_run_id": run.pk,

@@ -126,6 +126,49 @@ ABANDONED_REASON = (
 )
 
 
+LOCKED_REASON = "another run of this tenant holds its lock"
+# Runs shown as running for longer than this are checked by the sweep.
+ABANDON_SWEEP_AFTER = timedelta(minutes=2)
+
+
+def _skipped_as_locked(tenant_id: int, kind: str, dry_run: bool) -> SyncRun:
+    """Say in the admin, not only in the log, why this run did nothing."""
+    now = timezone.now()
+    run = SyncRun(
+        tenant_id=tenant_id,
+        kind=kind,
+        dry_run=dry_run,
+        status=SyncRun.Status.SKIPPED,
+        error=LOCKED_REASON,
+        started_at=now,
+        finished_at=now,
+    )
+    if not dry_run:
+        with tenant_context([tenant_id]):
+            run.save()
+    return run
+
+
+def sync_runs_sweep() -> int:
+    """
+    Abandon runs shown as running whose tenant nobody holds the lock of:
+    also for tenants no sync will run for (paused, disabled, suspended).
+    """
+    with tenant_context(all_tenants=True):
+        tenant_ids = set(
+            SyncRun.objects.filter(
+                status=SyncRun.Status.RUNNING,
+                started_at__lt=timezone.now() - ABANDON_SWEEP_AFTER,
+            ).values_list("tenant_id", flat=True)
+        )
+    abandoned = 0
+    for tenant_id in sorted(tenant_ids):
+        with tenant_sync_lock(tenant_id) as acquired:
+            if acquired:
+                abandoned += sync_runs_abandon(tenant_id=tenant_id)
+    return abandoned
+
+
 def sync_runs_abandon(*, tenant_id: int) -> int:
     """
     Mark the tenant's runs still shown as running as abandoned. Only call
@@ -369,16 +412,17 @@ def sync_tenant(
     wait_for_lock: bool = False,
     lookback: timedelta = RECONCILE_LOOKBACK,
     progress: ProgressFactory = LogProgress,
-) -> SyncRun | None:
+) -> SyncRun:
     """
-    Run one sync, reconcile or backfill of one tenant; None if another
-    process holds the tenant's lock (it is doing this work right now).
+    Run one sync, reconcile or backfill of one tenant. If another process
+    holds the tenant's lock (it is doing this work right now), the run is
+    recorded as skipped with that reason.
     A reconcile re-reads ``lookback`` behind the cursor.
     """
     with tenant_sync_lock(tenant_id, wait=wait_for_lock) as acquired:
         if not acquired:
-            logger.info("tenant %s: a sync is already running, skipped", tenant_id)
-            return None
+            logger.info("tenant %s: %s, skipped", tenant_id, LOCKED_REASON)
+            return _skipped_as_locked(tenant_id, kind, dry_run)
         tenant = Tenant.objects.get(pk=tenant_id)
         now = timezone.now()
         if not dry_run and (abandoned := sync_runs_abandon(tenant_id=tenant.pk)):
@@ -633,14 +677,14 @@ def sync_tenants(
     kind: str = SyncRun.Kind.SYNC,
     lookback: timedelta = RECONCILE_LOOKBACK,
     **options,
-) -> list[SyncRun | None]:
+) -> list[SyncRun]:
     """
     Sync (or reconcile, a run per day) several tenants in parallel threads,
     each with its own connection, limiter and breaker: one tenant's failures
-    never slow another's run. None stands for a tenant whose lock was held.
+    never slow another's run.
     """
 
-    def one(tenant_id: int) -> list[SyncRun | None]:
+    def one(tenant_id: int) -> list[SyncRun]:
         try:
             if kind == SyncRun.Kind.RECONCILE:
                 return reconcile_tenant(

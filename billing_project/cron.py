@@ -1,7 +1,9 @@
 """
 The RQ cron schedule: ``manage.py rqcron billing_project.cron``.
 
-Running two schedulers is safe: every job takes its tenant's advisory lock.
+Running two schedulers is safe: each scheduled function claims its tick in
+Redis (``billing.schedule``), so a tick's jobs are enqueued once, and every
+sync takes its tenant's advisory lock.
 """
 
 from rq import cron

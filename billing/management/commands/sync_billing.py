@@ -51,9 +51,6 @@ class Command(BaseCommand):
             ) from exc
         failed = []
         for run in runs:
-            if run is None:
-                self.stdout.write("skipped: another sync holds the tenant's lock")
-                continue
             self.stdout.write(
                 f"{run.tenant.slug}: {run.status}{' (dry run)' if dry_run else ''}, "
                 f"{run.traces_fetched} traces fetched, {run.billed} billed, "

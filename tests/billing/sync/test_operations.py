@@ -182,3 +182,26 @@ def test_sqlite_syncs_several_tenants_with_the_default_concurrency(
     assert synced.stdout.count(": succeeded, 5 traces fetched, 5 billed") == 4
     for _slug, customer in tenants:
         assert world.stripe.total_value(customer=customer, event_name="llm_usage") > 0
+
+
+def test_the_minute_sweep_abandons_dead_runs_of_tenants_no_sync_runs_for(world):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from billing.sync import sync_runs_sweep
+
+    paused = world.tenant("paused", sync_paused_reason="langfuse: HTTP 401")
+    now = timezone.now()
+    dead = SyncRun.objects.create(
+        tenant=paused, kind="sync", started_at=now - timedelta(minutes=10)
+    )
+    young = SyncRun.objects.create(tenant=paused, kind="sync", started_at=now)
+
+    assert sync_runs_sweep() == 2
+
+    dead.refresh_from_db()
+    young.refresh_from_db()
+    # Runs start under the tenant's lock: with the lock free, no process
+    # runs either of them, the young one included.
+    assert dead.status == young.status == SyncRun.Status.ABANDONED

@@ -173,7 +173,11 @@ def test_a_held_lock_makes_a_second_sync_skip_quietly(world):
     try:
         with other.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_lock(%s, %s)", [0x5E1C, tenant.pk])
-        assert sync_tenant(tenant_id=tenant.pk) is None
+        skipped = sync_tenant(tenant_id=tenant.pk)
+        assert (skipped.status, skipped.error) == (
+            "skipped",
+            "another run of this tenant holds its lock",
+        )
         assert not UsageRecord.objects.exists()
         # Released explicitly: a closed session's locks go asynchronously.
         with other.cursor() as cursor:
