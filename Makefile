@@ -3,12 +3,19 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_SERVE ?= 1
+# Ports on 127.0.0.1: the admin, the Langfuse and the Stripe emulator.
 DEMO_PORT ?= 8000
+DEMO_LANGFUSE_PORT ?= 8010
+DEMO_STRIPE_PORT ?= 8011
+# The demo's own SQLite file (relative to this directory), created anew by
+# every run as the emulators start empty too; db.sqlite3 is never touched.
+DEMO_DB ?= demo.sqlite3
 
 # The demo runs on the embedded default (SQLite, no Redis) against the
 # in-process emulators; nothing here reaches a real provider.
-DEMO_ENV := env -u DATABASE_URL -u REDIS_URL DEBUG=1 \
-	STRIPE_API_KEY=sk_test_demo_emulator STRIPE_API_BASE=http://127.0.0.1:8011
+DEMO_ENV := env -u REDIS_URL DATABASE_URL=sqlite:///$(abspath $(DEMO_DB)) DEBUG=1 \
+	STRIPE_API_KEY=sk_test_demo_emulator \
+	STRIPE_API_BASE=http://127.0.0.1:$(DEMO_STRIPE_PORT)
 
 .PHONY: venv lint test demo clean
 
@@ -29,8 +36,9 @@ test: lint
 
 demo: venv
 	$(DEMO_ENV) $(BIN)/python manage.py migrate --noinput
-	$(DEMO_ENV) $(BIN)/python manage.py demo --port $(DEMO_PORT) \
+	$(DEMO_ENV) $(BIN)/python manage.py demo --fresh --port $(DEMO_PORT) \
+		--langfuse-port $(DEMO_LANGFUSE_PORT) \
 		$(if $(filter 0,$(DEMO_SERVE)),--no-serve,)
 
 clean:
-	rm -rf $(VENV) db.sqlite3 .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_DB) $(DEMO_DB).lock .pytest_cache .ruff_cache

@@ -7,14 +7,29 @@ seeded usage, creates (or refreshes) one tenant per generated Langfuse project
 with a Stripe customer, an admin login and a tenant-scoped operator login,
 runs the sync, rolls the costs up and detects anomalies (the generated usage
 carries a cost spike, a cost drop and a scope that stops), prints a summary,
-then serves the admin while the emulators keep running. Safe to run again:
-tenants are matched by slug, and rollup and detection are idempotent.
+then serves the admin while the emulators keep running.
+
+The emulators start empty on every run, so a ledger kept from an earlier run
+would read as billed but never sent to this run's Stripe. ``--fresh`` (which
+``make demo`` passes, on the demo's own ``demo.sqlite3``) deletes the SQLite
+file and migrates a new one first, so the summary compares one run's ledger
+with one run's Stripe. It refuses anything but a SQLite file, and the
+embedded default ``db.sqlite3`` too. Without it the run is still safe to
+repeat: tenants are matched by slug, and rollup and detection are idempotent.
+
+The ports are checked, and with ``--fresh`` the database locked, before
+anything is written: a port already in use, or a database another demo holds,
+stops the command with one line naming it and the variable that picks another.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import secrets
+import socket
 from collections import Counter
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -22,6 +37,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -55,6 +71,13 @@ class Command(BaseCommand):
         parser.add_argument("--traces", type=int, default=2000, help="per tenant")
         parser.add_argument("--days", type=int, default=14)
         parser.add_argument("--langfuse-port", type=int, default=8010)
+        parser.add_argument(
+            "--fresh",
+            action="store_true",
+            help="Delete the SQLite database file and migrate a new one first, "
+            "so that the ledger matches the emulators, which start empty. "
+            "make demo passes it, on its own demo.sqlite3.",
+        )
 
     def handle(self, *args, **options):
         if not settings.DEBUG:
@@ -63,6 +86,42 @@ class Command(BaseCommand):
         if stripe_url.hostname not in ("127.0.0.1", "localhost"):
             raise CommandError("STRIPE_API_BASE must point at the local emulator.")
 
+        if stripe_url.port is None:
+            raise CommandError(
+                "STRIPE_API_BASE must name the emulator's port, "
+                "e.g. http://127.0.0.1:8011."
+            )
+        if options["fresh"]:
+            self._check_demo_database()
+
+        # Bind every port before touching the database: a demo still running
+        # must not lose its data to a second one that cannot start anyway.
+        if not options["no_serve"]:
+            self._check_free(options["port"], "the admin", "DEMO_PORT")
+        langfuse = LangfuseEmulator()
+        stripe_emulator = StripeEmulator(api_keys=(settings.STRIPE_API_KEY,))
+        langfuse_server = self._bind(
+            langfuse, options["langfuse_port"], "Langfuse", "DEMO_LANGFUSE_PORT"
+        )
+        try:
+            stripe_server = self._bind(
+                stripe_emulator, stripe_url.port, "Stripe", "DEMO_STRIPE_PORT"
+            )
+        except CommandError:
+            # Never started, so stop() would wait forever: just release it.
+            langfuse_server._server.server_close()
+            raise
+
+        if options["fresh"]:
+            self._lock_database()
+            self._recreate_database()
+        elif UsageRecord.objects.exists():
+            self.stdout.write(
+                "Note: this database keeps the ledger of an earlier run, but the "
+                "emulators start empty: Stripe shows this run's meter events only "
+                "(--fresh starts from an empty database)."
+            )
+
         scenario = generate_scenario(
             seed=options["seed"],
             tenants=options["tenants"],
@@ -70,13 +129,9 @@ class Command(BaseCommand):
             days=options["days"],
             now=timezone.now(),
         )
-        langfuse = LangfuseEmulator()
         scenario.load_into(langfuse)
-        stripe_emulator = StripeEmulator(api_keys=(settings.STRIPE_API_KEY,))
-        langfuse_server = EmulatorServer(
-            langfuse, port=options["langfuse_port"]
-        ).start()
-        stripe_server = EmulatorServer(stripe_emulator, port=stripe_url.port).start()
+        langfuse_server.start()
+        stripe_server.start()
         self.stdout.write(f"Langfuse emulator: {langfuse_server.url}")
         self.stdout.write(f"Stripe emulator:   {stripe_server.url}")
 
@@ -138,6 +193,79 @@ class Command(BaseCommand):
             stripe_server.stop()
             return
         call_command("runserver", f"127.0.0.1:{options['port']}", use_reloader=False)
+
+    @staticmethod
+    def _check_demo_database() -> None:
+        name = connection.settings_dict["NAME"]
+        if connection.vendor != "sqlite" or str(name) == ":memory:":
+            raise CommandError(
+                "--fresh deletes the database: it runs on a SQLite file of the "
+                "demo's own only (make demo uses demo.sqlite3)."
+            )
+        if Path(name).resolve() == (Path(settings.BASE_DIR) / "db.sqlite3").resolve():
+            raise CommandError(
+                f"--fresh would delete {name}, the embedded default database; "
+                "point DATABASE_URL at a file of the demo's own "
+                "(make demo uses demo.sqlite3)."
+            )
+
+    def _lock_database(self) -> None:
+        # Held until this process exits (serving included): a second demo on
+        # other ports must not delete the database this one serves.
+        name = connection.settings_dict["NAME"]
+        self._lock_file = open(f"{name}.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CommandError(
+                f"The demo database {name} is in use by another demo; stop it "
+                "or give this one a file of its own, e.g. "
+                "`DEMO_DB=demo2.sqlite3 make demo`."
+            ) from None
+
+    def _recreate_database(self) -> None:
+        # A new file rather than a flush: the ledger's triggers keep derived
+        # tables (daily scope usage), and emptying the tables one by one in
+        # name order leaves those derived rows negative.
+        name = connection.settings_dict["NAME"]
+        connection.close()
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            Path(f"{name}{suffix}").unlink(missing_ok=True)
+        call_command("migrate", interactive=False, verbosity=0)
+        self.stdout.write(
+            f"Fresh demo database {name}: the emulators start empty, "
+            "so does the ledger."
+        )
+
+    @staticmethod
+    def _port_error(port: int, what: str, variable: str, error: OSError):
+        if error.errno == errno.EADDRINUSE:
+            problem = "is already in use (is another demo running?)"
+        else:
+            problem = f"cannot be used ({error.strerror or error})"
+        return CommandError(
+            f"Port {port} for {what} on 127.0.0.1 {problem}; stop what uses it "
+            f"or choose another port, e.g. `{variable}={port + 100} make demo`."
+        )
+
+    def _bind(self, emulator, port: int, name: str, variable: str) -> EmulatorServer:
+        try:
+            return EmulatorServer(emulator, port=port)
+        except OSError as error:
+            what = f"the {name} emulator"
+            raise self._port_error(port, what, variable, error) from None
+
+    def _check_free(self, port: int, what: str, variable: str) -> None:
+        # Bound the way runserver binds (SO_REUSEADDR), then released: a
+        # port in TIME_WAIT is free, one with a listener is not.
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise self._port_error(port, what, variable, error) from None
+        finally:
+            probe.close()
 
     def _login(self, username: str, *, superuser: bool) -> str:
         # A fresh password each run, printed once; the demo never ships a
