@@ -34,8 +34,8 @@ lint: venv
 test: lint
 	$(BIN)/pytest --create-db
 
+# --fresh migrates a new demo database once the ports are known to be free.
 demo: venv
-	$(DEMO_ENV) $(BIN)/python manage.py migrate --noinput
 	$(DEMO_ENV) $(BIN)/python manage.py demo --fresh --port $(DEMO_PORT) \
 		--langfuse-port $(DEMO_LANGFUSE_PORT) \
 		$(if $(filter 0,$(DEMO_SERVE)),--no-serve,)

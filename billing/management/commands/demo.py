@@ -29,6 +29,7 @@ import fcntl
 import secrets
 import socket
 from collections import Counter
+from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -55,6 +56,8 @@ from billing.services import membership_set, tenant_create, tenant_update
 from billing.stripe_sink import stripe_client
 from billing.sync import eligible_tenant_ids, sync_tenants
 from billing.tenancy import tenant_context
+
+MICRO_USD = Decimal("0.000001")
 
 
 class Command(BaseCommand):
@@ -310,14 +313,14 @@ class Command(BaseCommand):
         self.stdout.write("")
         self.stdout.write("Sync:")
         for run in runs:
-            if run is None:
-                continue
             tenant = run.tenant
             with tenant_context([tenant.pk]):
                 billed = UsageRecord.objects.for_tenant(tenant).filter(
                     status="reported"
                 )
                 ledger_cost = billed.aggregate(total=Sum("cost"))["total"] or 0
+                # Whole micro-dollars, rounded down as the meter bills them.
+                ledger_cost = Decimal(ledger_cost).quantize(MICRO_USD, ROUND_FLOOR)
                 held = (
                     UsageRecord.objects.for_tenant(tenant)
                     .filter(status="unpriced")
@@ -338,6 +341,6 @@ class Command(BaseCommand):
                 f"  {tenant.slug:<10} {run.status:<9} {run.traces_fetched:>5} traces, "
                 f"{run.billed:>5} billed, {run.skipped:>3} skipped, "
                 f"{held:>3} held unpriced, "
-                f"{run.reports_sent:>3} meter events; ledger ${ledger_cost:.6f} = "
+                f"{run.reports_sent:>3} meter events; ledger ${ledger_cost} = "
                 f"{units} micro-USD sent, Stripe meter total {stripe_total}"
             )
