@@ -7,33 +7,77 @@ one policy that admits a row only when its tenant is in the transaction-local
 unit of work is explicitly cross-tenant (``app.rls_bypass = 'on'``). With no
 setting at all, nothing is visible: forgetting the context fails closed.
 
-The application must connect as a role that is neither superuser nor
-``BYPASSRLS`` (``manage.py create_app_role``); superusers skip RLS entirely.
-On SQLite these operations do nothing and the same code runs without RLS.
+Any role can set a custom setting, so the bypass alone would let a SQL
+injection or a bug in the web process read every tenant (issue 11). The
+policy honours it only for roles that are members of the ``NOLOGIN`` group
+``billing_rls_bypass`` (the worker role that jobs and commands use, see
+``billing.app_role``) or of the table's owner (migrations; the owner could
+switch RLS off anyway). The web role is neither: the bypass does nothing for
+it. Both checks look the roles up at run time, so the policy never fails when
+the group does not exist yet (it then admits nobody), and each is an
+uncorrelated sub-select, which Postgres runs once per query (an InitPlan),
+not once per row.
+
+Applications connect as roles that are neither superuser nor ``BYPASSRLS``
+(``manage.py create_app_role``); superusers skip RLS entirely. On SQLite
+these operations do nothing and the same code runs without RLS.
 """
+
+from django.db import migrations
 
 from billing.table_operations import PostgresTableOperation
 from billing.tenancy import BYPASS_SETTING, TENANT_IDS_SETTING
 
 POLICY_NAME = "tenant_isolation"
+# Members of this group may use the bypass; it has no privileges of its own.
+BYPASS_GROUP = "billing_rls_bypass"
 
-POLICY_EXPRESSION = (
-    f"current_setting('{BYPASS_SETTING}', true) = 'on' "
-    f"OR tenant_id = ANY (string_to_array("
+# The web process looks up the signed-in user's own memberships, in every
+# tenant, before it knows which tenants to scope to; this setting names that
+# user for a SELECT-only policy on the membership table (migration 0011).
+USER_ID_SETTING = "app.user_id"
+OWN_MEMBERSHIPS_POLICY = "own_memberships"
+OWN_MEMBERSHIPS_EXPRESSION = (
+    f"user_id = NULLIF(current_setting('{USER_ID_SETTING}', true), '')::bigint"
+)
+
+TENANT_IDS_EXPRESSION = (
+    f"tenant_id = ANY (string_to_array("
     f"NULLIF(current_setting('{TENANT_IDS_SETTING}', true), ''), ',')::bigint[])"
 )
+
+
+def may_bypass_expression(table: str, quote, group: str = BYPASS_GROUP) -> str:
+    """True when the current role may lift RLS on ``table``; never an error."""
+    # to_regrole() is NULL for a missing role and pg_has_role() NULL for a
+    # NULL role: no group yet means no bypass, not a failed query.
+    relation = quote(table).replace("'", "''")
+    of_group = f"pg_has_role(current_user, to_regrole('{group}'), 'MEMBER')"
+    of_owner = "pg_has_role(current_user, relowner, 'MEMBER')"
+    owner = f"{of_owner} FROM pg_class WHERE oid = '{relation}'::regclass"
+    return f"((SELECT {of_group}) OR (SELECT {owner}))"
+
+
+def policy_expression(table: str, quote) -> str:
+    """The tenant policy of ``table``, for both USING and WITH CHECK."""
+    return (
+        f"(current_setting('{BYPASS_SETTING}', true) = 'on' "
+        f"AND {may_bypass_expression(table, quote)}) "
+        f"OR {TENANT_IDS_EXPRESSION}"
+    )
 
 
 class EnableRowLevelSecurity(PostgresTableOperation):
     """Migration operation: RLS + FORCE + the tenant policy on a model's table."""
 
     def forwards_sql(self, table: str, quote) -> list[str]:
+        expression = policy_expression(table, quote)
         table = quote(table)
         return [
             f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
             f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY",
             f"CREATE POLICY {POLICY_NAME} ON {table} "
-            f"USING ({POLICY_EXPRESSION}) WITH CHECK ({POLICY_EXPRESSION})",
+            f"USING ({expression}) WITH CHECK ({expression})",
         ]
 
     def backwards_sql(self, table: str, quote) -> list[str]:
@@ -46,3 +90,70 @@ class EnableRowLevelSecurity(PostgresTableOperation):
 
     def describe(self) -> str:
         return f"Enable row-level security on {self.model_name}"
+
+
+class RenewTenantPolicies(migrations.operations.base.Operation):
+    """
+    Migration operation: set the tenant policy of every table that has one
+    (in any app: found in ``pg_policies``) to ``policy_expression``, or back
+    to ``previous`` (the expression the policies had, the same for every
+    table) when unapplied. Postgres only.
+    """
+
+    reversible = True
+    reduces_to_sql = True
+
+    def __init__(self, *, previous: str) -> None:
+        self.previous = previous
+
+    def state_forwards(self, app_label, state) -> None:
+        pass
+
+    def _tables(self, schema_editor) -> list[str]:
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT tablename FROM pg_policies WHERE policyname = %s "
+                "AND schemaname = current_schema() ORDER BY tablename",
+                [POLICY_NAME],
+            )
+            return [table for (table,) in cursor.fetchall()]
+
+    def _alter(self, schema_editor, expression_of) -> None:
+        if schema_editor.connection.vendor != "postgresql":
+            return
+        quote = schema_editor.quote_name
+        for table in self._tables(schema_editor):
+            expression = expression_of(table, quote)
+            schema_editor.execute(
+                f"ALTER POLICY {POLICY_NAME} ON {quote(table)} "
+                f"USING ({expression}) WITH CHECK ({expression})",
+                params=None,
+            )
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        self._alter(schema_editor, policy_expression)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        self._alter(schema_editor, lambda table, quote: self.previous)
+
+    def deconstruct(self):
+        return (self.__class__.__name__, [], {"previous": self.previous})
+
+    def describe(self) -> str:
+        return "Honour the RLS bypass only for the worker group and table owners"
+
+
+class CreateOwnMembershipsPolicy(PostgresTableOperation):
+    """Migration operation: a user may read their own memberships (SELECT)."""
+
+    def forwards_sql(self, table: str, quote) -> list[str]:
+        return [
+            f"CREATE POLICY {OWN_MEMBERSHIPS_POLICY} ON {quote(table)} "
+            f"FOR SELECT USING ({OWN_MEMBERSHIPS_EXPRESSION})"
+        ]
+
+    def backwards_sql(self, table: str, quote) -> list[str]:
+        return [f"DROP POLICY IF EXISTS {OWN_MEMBERSHIPS_POLICY} ON {quote(table)}"]
+
+    def describe(self) -> str:
+        return f"Let a user read their own {self.model_name} rows"
