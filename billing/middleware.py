@@ -4,6 +4,7 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
+from billing.models import Tenant
 from billing.selectors import tenant_ids_for_user
 from billing.tenancy import tenant_context
 
@@ -22,5 +23,12 @@ class TenantRLSMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         tenant_ids = tenant_ids_for_user(user=request.user)
         request.tenant_ids = tenant_ids
-        with tenant_context(tenant_ids or (), all_tenants=tenant_ids is None):
+        # The web role cannot lift RLS, not even for a superuser: name every
+        # tenant instead (the tenant table itself has no RLS).
+        scope = (
+            tenant_ids
+            if tenant_ids is not None
+            else list(Tenant.objects.values_list("pk", flat=True))
+        )
+        with tenant_context(scope):
             return self.get_response(request)

@@ -26,16 +26,15 @@ these operations do nothing and the same code runs without RLS.
 from django.db import migrations
 
 from billing.table_operations import PostgresTableOperation
-from billing.tenancy import BYPASS_SETTING, TENANT_IDS_SETTING
+from billing.tenancy import BYPASS_SETTING, TENANT_IDS_SETTING, USER_ID_SETTING
 
 POLICY_NAME = "tenant_isolation"
 # Members of this group may use the bypass; it has no privileges of its own.
 BYPASS_GROUP = "billing_rls_bypass"
 
 # The web process looks up the signed-in user's own memberships, in every
-# tenant, before it knows which tenants to scope to; this setting names that
-# user for a SELECT-only policy on the membership table (migration 0011).
-USER_ID_SETTING = "app.user_id"
+# tenant, before it knows which tenants to scope to; USER_ID_SETTING names
+# that user for a SELECT-only policy on the membership table (migration 0011).
 OWN_MEMBERSHIPS_POLICY = "own_memberships"
 OWN_MEMBERSHIPS_EXPRESSION = (
     f"user_id = NULLIF(current_setting('{USER_ID_SETTING}', true), '')::bigint"

@@ -5,21 +5,21 @@ from __future__ import annotations
 from django.contrib.auth.models import AbstractBaseUser
 
 from billing.models import Membership, Tenant
-from billing.tenancy import tenant_context
+from billing.tenancy import own_rows_context
 
 
 def tenant_ids_for_user(*, user: AbstractBaseUser) -> list[int] | None:
     """
     The tenants a user may see: None means all (superusers), [] means none.
 
-    Memberships are themselves tenant-owned, so this lookup runs as
-    cross-tenant system work, narrowed to the user's own rows.
+    Memberships are themselves tenant-owned: the lookup sees the user's own
+    rows only (the web role cannot lift RLS to see more).
     """
     if not user.is_authenticated or not user.is_active:
         return []
     if user.is_superuser:
         return None
-    with tenant_context(all_tenants=True):
+    with own_rows_context(user.pk):
         return list(
             Membership.objects.filter(user=user).values_list("tenant_id", flat=True)
         )

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 # Transaction-local settings read by the RLS policies in billing.rls.
 TENANT_IDS_SETTING = "app.tenant_ids"
 BYPASS_SETTING = "app.rls_bypass"
+# Names the signed-in user for a SELECT-only policy on memberships, so the
+# web role can find a user's tenants before it knows them (migration 0011).
+USER_ID_SETTING = "app.user_id"
 
 
 class TenantQuerySet(models.QuerySet):
@@ -85,3 +88,17 @@ def tenant_context(
         with connection.cursor() as cursor:
             _set(cursor, TENANT_IDS_SETTING, previous_ids or "")
             _set(cursor, BYPASS_SETTING, previous_bypass or "off")
+
+
+@contextmanager
+def own_rows_context(user_id: int, *, using: str = "default") -> Iterator[None]:
+    """
+    A transaction in which the user's own memberships are visible, in every
+    tenant, and nothing else: how the web role learns a user's tenants.
+    """
+    connection = connections[using]
+    with transaction.atomic(using=using):
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                _set(cursor, USER_ID_SETTING, str(int(user_id)))
+        yield

@@ -93,12 +93,6 @@ def test_a_real_login_as_the_app_role_is_isolated(two_tenants):
         assert rows.fetchall() == [(other.pk,)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="billing.selectors.tenant_ids_for_user reads memberships with "
-    "all_tenants=True, which the web role cannot use; it must set app.user_id "
-    "(billing.rls.USER_ID_SETTING) instead",
-)
 def test_a_request_runs_under_rls_scoped_to_the_users_tenants(
     client, two_tenants, as_app_role
 ):

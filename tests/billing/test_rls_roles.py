@@ -350,12 +350,6 @@ def test_real_logins_as_both_roles(seeded):
         assert worker.execute(count).fetchone() == (2,)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="billing.selectors.tenant_ids_for_user reads memberships with "
-    "all_tenants=True, which the web role cannot use; it must set app.user_id "
-    "(billing.rls.USER_ID_SETTING) instead",
-)
 def test_a_staff_request_as_the_web_role_sees_its_tenants(client, seeded, web_role):
     tenant, _ = seeded
     user = UserFactory()
@@ -370,11 +364,6 @@ def test_a_staff_request_as_the_web_role_sees_its_tenants(client, seeded, web_ro
     assert response.context["cl"].result_count == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="billing.middleware gives superusers all_tenants=True, which the web "
-    "role cannot use; it must put every tenant's id in the context instead",
-)
 def test_a_superuser_request_as_the_web_role_sees_every_tenant(
     client, seeded, superuser, web_role
 ):
