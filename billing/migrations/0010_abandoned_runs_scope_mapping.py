@@ -26,7 +26,7 @@ class Migration(migrations.Migration):
             field=models.JSONField(
                 blank=True,
                 default=dict,
-                help_text="Per scope (project, agent, epic, user), the sources to try in order: metadata.<key>, tag:<prefix>, trace_name, user_id, session_id, langfuse_project_id. Scopes left out keep the defaults: project: metadata.project_id, metadata.projectId, metadata.project, langfuse_project_id; agent: trace_name, metadata.agent, metadata.agent_id, metadata.agentId; epic: metadata.epic, metadata.epic_id, metadata.epicId, tag:epic:; user: user_id, metadata.user_id, metadata.userId",
+                help_text="Per scope (project, agent, epic, user), the sources to try in order: metadata.KEY, tag:PREFIX, trace_name, user_id, session_id, langfuse_project_id. Scopes left out keep the defaults: project: metadata.project_id, metadata.projectId, metadata.project, langfuse_project_id; agent: trace_name, metadata.agent, metadata.agent_id, metadata.agentId; epic: metadata.epic, metadata.epic_id, metadata.epicId, tag:epic:; user: user_id, metadata.user_id, metadata.userId",
                 validators=[billing.scopes.validate_scope_mapping],
             ),
         ),

@@ -19,7 +19,7 @@ DEFAULT_SETTLE_SECONDS = 60
 DEFAULT_METER_EVENT_NAME = "llm_usage"
 SCOPE_MAPPING_HELP = (
     "Per scope (project, agent, epic, user), the sources to try in order: "
-    "metadata.<key>, tag:<prefix>, trace_name, user_id, session_id, "
+    "metadata.KEY, tag:PREFIX, trace_name, user_id, session_id, "
     "langfuse_project_id. Scopes left out keep the defaults: "
     + "; ".join(
         f"{scope}: {', '.join(sources)}"

@@ -87,6 +87,7 @@ def _post_change(client, tenant, **overrides):
         "settle_seconds": tenant.settle_seconds,
         "overlap_seconds": tenant.overlap_seconds,
         "max_running_seconds": tenant.max_running_seconds,
+        "scope_mapping": "{}",
         **overrides,
     }
     url = reverse("admin:billing_tenant_change", args=[tenant.pk])
@@ -165,3 +166,18 @@ def test_production_start_fails_without_an_encryption_key(tmp_path):
     )
     assert result.returncode != 0
     assert "FIELD_ENCRYPTION_KEYS must be set" in result.stderr
+
+
+def test_admin_edits_the_scope_mapping_and_an_empty_box_means_the_defaults(
+    client, superuser, canary_tenant
+):
+    client.force_login(superuser)
+
+    _post_change(client, canary_tenant, scope_mapping='{"epic": ["metadata.ticket"]}')
+    tenant = Tenant.objects.get(pk=canary_tenant.pk)
+    assert tenant.scope_mapping == {"epic": ["metadata.ticket"]}
+    entry = AuditLog.objects.filter(action="tenant.update").latest("id")
+    assert entry.after["scope_mapping"] == {"epic": ["metadata.ticket"]}
+
+    _post_change(client, canary_tenant, scope_mapping="")
+    assert Tenant.objects.get(pk=canary_tenant.pk).scope_mapping == {}
