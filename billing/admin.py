@@ -14,6 +14,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.text import Truncator
 
 from billing.audit import Actor
 from billing.models import (
@@ -28,6 +29,7 @@ from billing.models import (
     UsageAdjustment,
     UsageRecord,
 )
+from billing.models.ledger import BillingStatus
 from billing.selectors import membership_role
 from billing.services import (
     TENANT_FIELDS,
@@ -285,6 +287,10 @@ class ReadOnlyAdminMixin:
         return False
 
 
+# A reason in a list row; the whole one is on the record's page.
+REASON_CHARS = 80
+
+
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     list_display = [
@@ -292,16 +298,26 @@ class UsageRecordAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAd
         "tenant",
         "trace_timestamp",
         "status",
-        "cost",
+        "billed_cost",
         "total_tokens",
-        "price_source",
-        "skip_reason",
+        "reason",
     ]
     list_filter = ["status", "price_source", "tenant"]
     search_fields = ["trace_id", "user_id", "agent_id", "project_id", "epic_id"]
     date_hierarchy = "trace_timestamp"
     list_select_related = ["tenant"]
     show_full_result_count = False
+
+    @admin.display(description="Cost", ordering="cost")
+    def billed_cost(self, obj: UsageRecord) -> str:
+        if obj.status == BillingStatus.UNPRICED:
+            # Only the priced part is known: the rest waits for a price.
+            return f"held (${obj.cost:.6f} priced so far)"
+        return f"${obj.cost:.6f}"
+
+    @admin.display(description="Why skipped or held")
+    def reason(self, obj: UsageRecord) -> str:
+        return Truncator(obj.skip_reason).chars(REASON_CHARS)
 
 
 @admin.register(UsageAdjustment)

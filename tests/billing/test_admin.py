@@ -63,3 +63,30 @@ def test_audit_log_admin_is_read_only(client, superuser, tenant):
     client.force_login(superuser)
     assert client.get(reverse("admin:billing_auditlog_changelist")).status_code == 200
     assert client.get(reverse("admin:billing_auditlog_add")).status_code == 403
+
+
+def test_held_usage_shows_as_held_with_its_reason(client, superuser, tenant):
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from billing.models import UsageRecord
+
+    at = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    UsageRecord.objects.create(
+        tenant=tenant,
+        trace_id="held-1",
+        trace_timestamp=at,
+        last_activity_at=at,
+        cost=Decimal("0.0021"),
+        status="unpriced",
+        skip_reason="observation o1: unknown model 'local-llama' and no Langfuse cost",
+        content_hash="x",
+    )
+    client.force_login(superuser)
+
+    html = client.get(
+        reverse("admin:billing_usagerecord_changelist") + "?status__exact=unpriced"
+    ).content.decode()
+
+    assert "held ($0.002100 priced so far)" in html
+    assert "unknown model &#x27;local-llama&#x27; and no Langfuse cost" in html
