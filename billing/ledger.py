@@ -216,9 +216,10 @@ def _set_status(
         obj.status, obj.skip_reason = BillingStatus.SKIPPED, trace.problem
         result.skip(trace.problem)
     elif any(_is_unpriced(entry) for entry in obj.observations.values()):
+        # Counted once per record, not again for each page it spans.
+        result.unpriced += obj.status != BillingStatus.UNPRICED
         obj.status = BillingStatus.UNPRICED
         obj.skip_reason = trace.unpriced or obj.skip_reason
-        result.unpriced += 1
     else:
         obj.status, obj.skip_reason = BillingStatus.PENDING, ""
 
