@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
@@ -20,6 +21,8 @@ from anomalies.detectors import Finding
 from anomalies.models import AnomalyStatus, CostAnomaly, ResolutionReason
 from anomalies.selectors import top_contributors
 from billing.audit import Actor, audit_log_write
+from billing.models import Membership
+from billing.selectors import membership_role
 
 # A resolved anomaly reopens only when its severity (how far from expected,
 # either way) is at least this much worse than when it was resolved.
@@ -27,6 +30,11 @@ MATERIAL_WORSENING = Decimal("1.5")
 
 ACKNOWLEDGEABLE = (AnomalyStatus.OPEN,)
 RESOLVABLE = (AnomalyStatus.OPEN, AnomalyStatus.ACKNOWLEDGED)
+REOPENABLE = (AnomalyStatus.RESOLVED,)
+# Who works on an anomaly: someone who may act on it (operator or admin of
+# its tenant, or a superuser); a resolved one has nobody left to work on it.
+ASSIGNABLE = RESOLVABLE
+ASSIGNEE_ROLES = (Membership.Role.OPERATOR, Membership.Role.ADMIN)
 
 
 class InvalidTransition(Exception):
@@ -139,7 +147,7 @@ def anomaly_resolve(
 def anomaly_reopen(*, anomaly_id: int, actor: Actor, note: str = "") -> CostAnomaly:
     return _transition(
         anomaly_id=anomaly_id,
-        allowed=(AnomalyStatus.RESOLVED,),
+        allowed=REOPENABLE,
         changes={
             "status": AnomalyStatus.OPEN,
             "resolution_reason": "",
@@ -150,6 +158,40 @@ def anomaly_reopen(*, anomaly_id: int, actor: Actor, note: str = "") -> CostAnom
         actor=actor,
         note=note,
     )
+
+
+@transaction.atomic
+def anomaly_assign(
+    *, anomaly_id: int, actor: Actor, assignee: AbstractBaseUser, note: str = ""
+) -> CostAnomaly:
+    """
+    Give an open or acknowledged anomaly to someone who may act on it.
+
+    Raises InvalidTransition for a resolved anomaly and ValueError for an
+    assignee who is not an operator or admin of the anomaly's tenant.
+    Assigning it to its current assignee changes nothing and writes no row.
+    """
+    before = CostAnomaly.objects.select_related("tenant").get(pk=anomaly_id)
+    if membership_role(user=assignee, tenant=before.tenant) not in ASSIGNEE_ROLES:
+        raise ValueError(f"{assignee} cannot review anomalies of {before.tenant}.")
+    updated = CostAnomaly.objects.filter(
+        pk=anomaly_id, status__in=list(ASSIGNABLE)
+    ).update(assignee=assignee)
+    anomaly = CostAnomaly.objects.get(pk=anomaly_id)
+    if not updated:
+        raise InvalidTransition(f"Cannot assign an anomaly that is {anomaly.status}.")
+    if before.assignee_id == assignee.pk:
+        return anomaly
+    audit_log_write(
+        actor=actor,
+        action="anomaly.assign",
+        obj=anomaly,
+        tenant=anomaly.tenant,
+        before={**_snapshot(before), "assignee": before.assignee_id},
+        after={**_snapshot(anomaly), "assignee": anomaly.assignee_id},
+        note=note,
+    )
+    return anomaly
 
 
 def _key(tenant_id, scope_type, project_id, scope_id, anomaly_type) -> tuple:
