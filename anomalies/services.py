@@ -75,7 +75,9 @@ def _transition(
     actor: Actor,
     note: str = "",
 ) -> CostAnomaly:
-    before = CostAnomaly.objects.get(pk=anomaly_id)
+    # Locked: a concurrent transition waits, and then this one reads (and
+    # says) the status it left, not the one before it.
+    before = CostAnomaly.objects.select_for_update().get(pk=anomaly_id)
     updated = CostAnomaly.objects.filter(
         pk=anomaly_id, status__in=list(allowed)
     ).update(**changes)

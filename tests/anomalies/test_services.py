@@ -148,3 +148,47 @@ def test_resolve_needs_a_known_reason(tenant, superuser):
             actor=Actor.staff(superuser),
             reason="because",
         )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_resolve_racing_another_reports_the_status_the_other_left(tenant, superuser):
+    import threading
+
+    from django.db import connection, connections
+
+    record(tenant, finding(tenant, "10"))
+    anomaly = CostAnomaly.objects.get()
+    other = connections.create_connection("default")  # a second operator
+    outcome = []
+
+    def second_operator():
+        try:
+            anomaly_resolve(
+                anomaly_id=anomaly.pk, actor=Actor.staff(superuser), reason="fixed"
+            )
+        except InvalidTransition as exc:
+            outcome.append(str(exc))
+        finally:
+            connection.close()
+
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute(
+                "SELECT 1 FROM anomalies_costanomaly WHERE id = %s FOR UPDATE",
+                [anomaly.pk],
+            )
+            racer = threading.Thread(target=second_operator)
+            racer.start()
+            racer.join(0.5)  # waiting on the row lock
+            cursor.execute(
+                "UPDATE anomalies_costanomaly SET status = 'resolved', "
+                "resolution_reason = 'fixed', resolved_at = now() WHERE id = %s",
+                [anomaly.pk],
+            )
+            cursor.execute("COMMIT")
+            racer.join(10)
+    finally:
+        other.close()
+
+    assert outcome == ["Cannot resolve an anomaly that is resolved."]
