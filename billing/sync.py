@@ -2,19 +2,27 @@
 The sync engine: Langfuse -> ledger -> Stripe, for one tenant at a time.
 
 A run takes the tenant's advisory lock, reads a window of observations page
-by page (each page merged and committed on its own, the cursor advanced in the
-same transaction), batches settled rows into the outbox and sends it. Memory
-holds one page and a few counters, never the window. Every run is recorded as
-a ``SyncRun`` whose counters are updated as pages land, so the admin shows a
-long run's progress.
+by page (each page merged and committed on its own; a page that fails to
+store is stored trace by trace), batches settled rows into the outbox and
+sends it. Memory holds one page and a few counters, never the window. Every
+run is recorded as a ``SyncRun`` whose counters are updated as pages land, so
+the admin shows a long run's progress; a run that finds the lock held is
+recorded as skipped, and one whose process died is marked abandoned by the
+next run that holds the lock.
 
 Kinds:
-- ``sync``: from the cursor (minus an overlap for ingestion lag) to now minus
-  the settle window; the scheduler runs it every minute.
-- ``reconcile``: re-reads a look-back window behind the cursor and bills what
-  the ledger lacks (self-healing; the unique constraints make it safe).
+- ``sync``: from the cursor (minus the tenant's overlap for ingestion lag)
+  to now minus the settle window, then the traces still running at an
+  earlier read, by id (seed 002); the scheduler runs it every minute.
+- ``reconcile``: re-reads a look-back window behind the cursor, one UTC day
+  per run, and bills what the ledger lacks or what changed (late data; the
+  unique constraints make it safe); the schedule runs the tiers of
+  ``RECONCILE_TIERS``. It also prices usage held for want of a price.
 - ``backfill``: an explicit window of history, one UTC day per run, waiting
   for the lock instead of skipping, so it interleaves with the scheduler.
+
+Afterwards the run's outcome feeds the tenant's health: the same failure
+three runs in a row, or Stripe reports waiting for a fix, show on the tenant.
 """
 
 from __future__ import annotations
@@ -124,8 +132,6 @@ ABANDONED_REASON = (
     "abandoned: the process running it stopped without finishing "
     "(killed, out of memory or restarted)"
 )
-
-
 LOCKED_REASON = "another run of this tenant holds its lock"
 # Runs shown as running for longer than this are checked by the sweep.
 ABANDON_SWEEP_AFTER = timedelta(minutes=2)
