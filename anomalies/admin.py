@@ -41,11 +41,16 @@ from anomalies.services import (
     anomaly_reopen,
     anomaly_resolve,
 )
-from billing.admin import ReadOnlyAdminMixin, TenantScopedAdminMixin, request_actor
-from billing.models import Membership
+from billing.admin import (
+    OPERATE_ROLES,
+    ReadOnlyAdminMixin,
+    TenantScopedAdminMixin,
+    request_actor,
+    tenant_ids_acting_as,
+)
 
 # The Membership roles that may review anomalies (superusers always may).
-REVIEW_ROLES = (Membership.Role.OPERATOR, Membership.Role.ADMIN)
+REVIEW_ROLES = OPERATE_ROLES
 
 
 @dataclass(frozen=True)
@@ -118,17 +123,7 @@ class ReviewForm(forms.Form):
 
 def review_tenant_ids(request: HttpRequest) -> set[int] | None:
     """Tenants whose anomalies the user may review; None means every tenant."""
-    if request.user.is_superuser:
-        return None
-    if not hasattr(request, "_anomaly_review_tenant_ids"):
-        request._anomaly_review_tenant_ids = set(
-            Membership.objects.filter(
-                user=request.user,
-                role__in=REVIEW_ROLES,
-                tenant_id__in=getattr(request, "tenant_ids", None) or [],
-            ).values_list("tenant_id", flat=True)
-        )
-    return request._anomaly_review_tenant_ids
+    return tenant_ids_acting_as(request, REVIEW_ROLES)
 
 
 def count(n: int) -> str:

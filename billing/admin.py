@@ -12,6 +12,7 @@ from functools import partial
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.text import Truncator
@@ -61,6 +62,39 @@ class TenantScopedAdminMixin:
         if tenant_ids is None:
             return queryset
         return queryset.filter(**{f"{self.tenant_field}__in": tenant_ids})
+
+
+# What a Membership role may do in the admin (superusers may do all): a
+# viewer looks, an operator reviews anomalies and retries failed reports, a
+# tenant admin also configures, suspends and resumes the tenant.
+OPERATE_ROLES = (Membership.Role.OPERATOR, Membership.Role.ADMIN)
+ADMIN_ROLES = (Membership.Role.ADMIN,)
+
+
+def tenant_ids_acting_as(request: HttpRequest, roles: tuple) -> set[int] | None:
+    """The user's tenants in which they hold one of ``roles``; None: every one."""
+    if request.user.is_superuser:
+        return None
+    cache = request.__dict__.setdefault("_tenant_ids_by_roles", {})
+    if roles not in cache:
+        cache[roles] = set(
+            Membership.objects.filter(
+                user=request.user,
+                role__in=roles,
+                tenant_id__in=getattr(request, "tenant_ids", None) or [],
+            ).values_list("tenant_id", flat=True)
+        )
+    return cache[roles]
+
+
+def refuse_outside(
+    request: HttpRequest, queryset: QuerySet, roles: tuple, field: str = "tenant_id"
+) -> None:
+    """Every selected row must belong to a tenant where the user holds a role."""
+    tenant_ids = tenant_ids_acting_as(request, roles)
+    outside = queryset.exclude(**{f"{field}__in": tenant_ids or ()})
+    if tenant_ids is not None and outside.exists():
+        raise PermissionDenied
 
 
 class TenantAdminForm(forms.ModelForm):
@@ -195,16 +229,25 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
                 self.message_user(request, str(exc), messages.WARNING)
         self.message_user(request, f"{done} tenant(s) now {status}.")
 
-    @admin.action(description="Suspend selected tenants", permissions=["change"])
+    def has_manage_permission(self, request: HttpRequest) -> bool:
+        return super().has_change_permission(request) and (
+            tenant_ids_acting_as(request, ADMIN_ROLES) is None
+            or bool(tenant_ids_acting_as(request, ADMIN_ROLES))
+        )
+
+    @admin.action(description="Suspend selected tenants", permissions=["manage"])
     def suspend(self, request, queryset) -> None:
+        refuse_outside(request, queryset, ADMIN_ROLES, field="pk")
         self._set_status(request, queryset, Tenant.Status.SUSPENDED)
 
-    @admin.action(description="Activate selected tenants", permissions=["change"])
+    @admin.action(description="Activate selected tenants", permissions=["manage"])
     def activate(self, request, queryset) -> None:
+        refuse_outside(request, queryset, ADMIN_ROLES, field="pk")
         self._set_status(request, queryset, Tenant.Status.ACTIVE)
 
-    @admin.action(description="Resume paused sync", permissions=["change"])
+    @admin.action(description="Resume paused sync", permissions=["manage"])
     def resume_sync(self, request, queryset) -> None:
+        refuse_outside(request, queryset, ADMIN_ROLES, field="pk")
         resumed = 0
         for tenant_id in queryset.values_list("pk", flat=True):
             try:
@@ -358,12 +401,14 @@ class StripeReportAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelA
     actions = ["retry"]
 
     def has_retry_permission(self, request) -> bool:
+        tenant_ids = tenant_ids_acting_as(request, OPERATE_ROLES)
         return request.user.has_perm("billing.view_stripereport") and (
-            request.user.is_superuser or bool(getattr(request, "tenant_ids", None))
+            tenant_ids is None or bool(tenant_ids)
         )
 
     @admin.action(description="Retry selected failed reports", permissions=["retry"])
     def retry(self, request, queryset) -> None:
+        refuse_outside(request, queryset, OPERATE_ROLES)
         retried = 0
         failed = queryset.filter(status=StripeReport.Status.FAILED)
         for report_id in failed.values_list("pk", flat=True):
