@@ -71,12 +71,12 @@ INITIAL_LOOKBACK = timedelta(days=35)
 # times, and the v2 API has no ingestion-time filter: reconcile re-reads
 # tiers of history, each often enough that late usage is billed without
 # manual work (see billing_project/cron.py).
-RECONCILE_LOOKBACK = timedelta(hours=24)
 RECONCILE_TIERS = {
     "hourly": timedelta(hours=24),
     "daily": timedelta(days=7),
     "weekly": INITIAL_LOOKBACK,
 }
+RECONCILE_LOOKBACK = RECONCILE_TIERS["hourly"]
 # Running traces re-read by id per call: the ids ride in the query string.
 RUNNING_IDS_PER_CALL = 100
 
@@ -98,6 +98,15 @@ def _window(
     # Reconcile: the stretch the cursor already calls complete.
     end = min(cursor.watermark or settled, settled)
     return end - lookback, end
+
+
+def _cursor(tenant: Tenant, *, dry_run: bool) -> SyncCursor:
+    """The tenant's cursor; a dry run writes nothing, so it creates none."""
+    if dry_run:
+        return SyncCursor.objects.filter(tenant=tenant).first() or SyncCursor(
+            tenant=tenant
+        )
+    return SyncCursor.objects.get_or_create(tenant=tenant)[0]
 
 
 def _read_until(
@@ -220,7 +229,6 @@ class _Run:
         )
         self.stripe = ProviderCaller("stripe", AdaptiveRateLimiter(), CircuitBreaker())
         self.source = LangfuseSource(tenant=tenant, caller=self.langfuse)
-        self.repriced = 0
 
     def count_calls(self) -> None:
         run = self.run
@@ -347,14 +355,14 @@ class _Run:
         run.traces_fetched += len(traces)
         run.skipped += result.skipped
         run.adjustments += result.adjustments
-        if result.unpriced:
-            key = "held unpriced: no price and no Langfuse cost"
-            result.skip_reasons[key] = result.skip_reasons.get(key, 0) + result.unpriced
         if run.kind == SyncRun.Kind.RECONCILE:
             run.healed += result.created
         reasons = dict(run.skip_reasons)
         for reason, count in result.skip_reasons.items():
             reasons[reason] = reasons.get(reason, 0) + count
+        if result.unpriced:
+            key = "held unpriced: no price and no Langfuse cost"
+            reasons[key] = reasons.get(key, 0) + result.unpriced
         missing = dict(run.scopes_missing)
         for trace in traces.values():
             for scope in SCOPES:
@@ -378,8 +386,14 @@ class _Run:
         that moment (seed 002).
         """
         run = self.run
-        if run.kind == SyncRun.Kind.RECONCILE:
-            self.repriced = ledger_reprice_unpriced(tenant=self.tenant)
+        if run.kind == SyncRun.Kind.RECONCILE and (
+            released := ledger_reprice_unpriced(tenant=self.tenant)
+        ):
+            logger.info(
+                "tenant %s: %d held row(s) now priced, billed next",
+                self.tenant.slug,
+                released,
+            )
         batched = reports_create(tenant=self.tenant, now=read_until)
         run.reports_created = batched.reports
         self.send()
@@ -436,11 +450,7 @@ def sync_tenant(
                 "tenant %s: %d run(s) %s", tenant.slug, abandoned, ABANDONED_REASON
             )
         with tenant_context([tenant.pk]):
-            if dry_run:
-                cursor = SyncCursor.objects.filter(tenant=tenant).first()
-                cursor = cursor or SyncCursor(tenant=tenant)
-            else:
-                cursor, _ = SyncCursor.objects.get_or_create(tenant=tenant)
+            cursor = _cursor(tenant, dry_run=dry_run)
             start, end = (
                 (since, until)
                 if since and until
@@ -633,7 +643,7 @@ def reconcile_tenant(
     """
     tenant = Tenant.objects.get(pk=tenant_id)
     with tenant_context([tenant.pk]):
-        cursor, _ = SyncCursor.objects.get_or_create(tenant=tenant)
+        cursor = _cursor(tenant, dry_run=dry_run)
     since, until = _window(
         SyncRun.Kind.RECONCILE, tenant, cursor, timezone.now(), lookback
     )

@@ -205,3 +205,17 @@ def test_the_minute_sweep_abandons_dead_runs_of_tenants_no_sync_runs_for(world):
     # Runs start under the tenant's lock: with the lock free, no process
     # runs either of them, the young one included.
     assert dead.status == young.status == SyncRun.Status.ABANDONED
+
+
+def test_a_dry_reconcile_of_a_new_tenant_creates_no_cursor(world):
+    from billing.models import SyncCursor
+    from billing.sync import reconcile_tenant
+
+    tenant = world.tenant("acme")
+    world.trace(tenant)
+
+    runs = reconcile_tenant(tenant_id=tenant.pk, dry_run=True)
+
+    assert runs and all(run.pk is None for run in runs)
+    assert not SyncCursor.objects.exists()
+    assert not SyncRun.objects.exists()
