@@ -65,7 +65,6 @@ import binascii
 import copy
 import hashlib
 import itertools
-import json
 import re
 import threading
 import time
@@ -205,17 +204,6 @@ def _duplicate_identifier(identifier: str, style: DuplicateError) -> StripeError
         f"A meter event with identifier '{identifier}' already exists.",
         code="resource_already_exists",
     )
-
-
-class _CutBody(Response):
-    """
-    An answer cut off mid-body: the status line and a Content-Length that
-    matches what is sent arrive, but only the first half of the JSON does.
-    """
-
-    def encode(self) -> bytes:
-        payload = b"" if self.body is None else json.dumps(self.body).encode()
-        return payload[: len(payload) // 2]
 
 
 def _not_found(kind: str, object_id: str, param: str, status: int) -> StripeError:
@@ -498,7 +486,9 @@ class StripeEmulator:
             # with the same Idempotency-Key exists for.
             if scripted.kind == "cut_body":
                 self._bump("faults_injected")
-                return _CutBody(response.status, response.body, response.headers)
+                return Response(
+                    response.status, response.body, response.headers, cut=True
+                )
             fault = self._fault(scripted.kind)
             if fault is not None:
                 return fault
