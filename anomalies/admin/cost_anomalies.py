@@ -41,7 +41,7 @@ from anomalies.services import (
     anomaly_reopen,
     anomaly_resolve,
 )
-from billing.admin import (
+from billing.admin.base import (
     OPERATE_ROLES,
     ReadOnlyAdminMixin,
     TenantScopedAdminMixin,

@@ -1,0 +1,77 @@
+"""The usage ledger and the sync cursors, read-only."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.utils.text import Truncator
+
+from billing.admin.base import (
+    ReadOnlyAdminMixin,
+    TenantScopedAdminMixin,
+)
+from billing.models import (
+    SyncCursor,
+    UsageAdjustment,
+    UsageRecord,
+)
+from billing.models.ledger import BillingStatus
+
+# A reason in a list row; the whole one is on the record's page.
+REASON_CHARS = 80
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "trace_id",
+        "tenant",
+        "trace_timestamp",
+        "status",
+        "billed_cost",
+        "total_tokens",
+        "reason",
+    ]
+    list_filter = ["status", "price_source", "tenant"]
+    search_fields = ["trace_id", "user_id", "agent_id", "project_id", "epic_id"]
+    date_hierarchy = "trace_timestamp"
+    list_select_related = ["tenant"]
+    show_full_result_count = False
+
+    @admin.display(description="Cost", ordering="cost")
+    def billed_cost(self, obj: UsageRecord) -> str:
+        if obj.status == BillingStatus.UNPRICED:
+            # Only the priced part is known: the rest waits for a price.
+            return f"held (${obj.cost:.6f} priced so far)"
+        return f"${obj.cost:.6f}"
+
+    @admin.display(description="Why skipped or held")
+    def reason(self, obj: UsageRecord) -> str:
+        return Truncator(obj.skip_reason).chars(REASON_CHARS)
+
+
+@admin.register(UsageAdjustment)
+class UsageAdjustmentAdmin(
+    ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin
+):
+    list_display = [
+        "usage_record",
+        "tenant",
+        "status",
+        "cost",
+        "created_at",
+        "skip_reason",
+    ]
+    list_filter = ["status", "tenant"]
+    search_fields = ["usage_record__trace_id"]
+    list_select_related = ["tenant", "usage_record"]
+
+
+@admin.register(SyncCursor)
+class SyncCursorAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "tenant",
+        "watermark",
+        "billed_amount",
+        "billed_units",
+        "updated_at",
+    ]
