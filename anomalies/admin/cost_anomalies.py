@@ -44,6 +44,7 @@ from anomalies.services import (
 from billing.admin.base import (
     OPERATE_ROLES,
     ReadOnlyAdminMixin,
+    TenantFilter,
     TenantScopedAdminMixin,
     request_actor,
     tenant_ids_acting_as,
@@ -154,7 +155,7 @@ class CostAnomalyAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAd
         "ratio",
         "status",
     ]
-    list_filter = ["status", "anomaly_type", "scope_type", "tenant"]
+    list_filter = ["status", "anomaly_type", "scope_type", TenantFilter]
     search_fields = ["scope_id", "project_id"]
     date_hierarchy = "period_start"
     list_select_related = ["tenant"]

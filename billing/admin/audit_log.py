@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from billing.admin.base import TenantScopedAdminMixin
+from billing.admin.base import TenantFilter, TenantScopedAdminMixin
 from billing.models import AuditLog
 
 
@@ -19,7 +19,7 @@ class AuditLogAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         "object_type",
         "object_id",
     ]
-    list_filter = ["action", "actor_kind", "tenant"]
+    list_filter = ["action", "actor_kind", TenantFilter]
     search_fields = ["object_id", "note", "correlation_id"]
     date_hierarchy = "created_at"
 

@@ -6,6 +6,7 @@ from django.contrib import admin
 
 from billing.admin.base import (
     ReadOnlyAdminMixin,
+    TenantFilter,
     TenantScopedAdminMixin,
 )
 from billing.models import CostSummary
@@ -23,7 +24,7 @@ class CostSummaryAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAd
         "cost",
         "computed_at",
     ]
-    list_filter = ["scope_type", "tenant"]
+    list_filter = ["scope_type", TenantFilter]
     search_fields = ["scope_id", "project_id"]
     date_hierarchy = "period_start"
     list_select_related = ["tenant"]

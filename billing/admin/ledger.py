@@ -7,6 +7,7 @@ from django.utils.text import Truncator
 
 from billing.admin.base import (
     ReadOnlyAdminMixin,
+    TenantFilter,
     TenantScopedAdminMixin,
 )
 from billing.models import (
@@ -31,7 +32,7 @@ class UsageRecordAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAd
         "total_tokens",
         "reason",
     ]
-    list_filter = ["status", "price_source", "tenant"]
+    list_filter = ["status", "price_source", TenantFilter]
     search_fields = ["trace_id", "user_id", "agent_id", "project_id", "epic_id"]
     date_hierarchy = "trace_timestamp"
     list_select_related = ["tenant"]
@@ -61,7 +62,7 @@ class UsageAdjustmentAdmin(
         "created_at",
         "skip_reason",
     ]
-    list_filter = ["status", "tenant"]
+    list_filter = ["status", TenantFilter]
     search_fields = ["usage_record__trace_id"]
     list_select_related = ["tenant", "usage_record"]
 

@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 from billing.admin.base import (
     OPERATE_ROLES,
     ReadOnlyAdminMixin,
+    TenantFilter,
     TenantScopedAdminMixin,
     refuse_outside,
     request_actor,
@@ -31,7 +32,7 @@ class StripeReportAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelA
         "attempts",
         "last_error",
     ]
-    list_filter = ["status", "unit", "tenant"]
+    list_filter = ["status", "unit", TenantFilter]
     search_fields = ["identifier", "stripe_customer_id"]
     date_hierarchy = "day"
     list_select_related = ["tenant"]

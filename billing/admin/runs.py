@@ -6,6 +6,7 @@ from django.contrib import admin
 
 from billing.admin.base import (
     ReadOnlyAdminMixin,
+    TenantFilter,
     TenantScopedAdminMixin,
 )
 from billing.models import (
@@ -29,7 +30,7 @@ class SyncRunAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin)
         "stripe_calls",
         "error",
     ]
-    list_filter = ["status", "kind", "tenant"]
+    list_filter = ["status", "kind", TenantFilter]
     date_hierarchy = "started_at"
     list_select_related = ["tenant"]
 

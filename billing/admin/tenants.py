@@ -10,6 +10,7 @@ from django.http import HttpRequest
 
 from billing.admin.base import (
     ADMIN_ROLES,
+    TenantFilter,
     TenantScopedAdminMixin,
     refuse_outside,
     request_actor,
@@ -196,7 +197,7 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
 @admin.register(Membership)
 class MembershipAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     list_display = ["user", "tenant", "role", "created_at"]
-    list_filter = ["role", "tenant"]
+    list_filter = ["role", TenantFilter]
     search_fields = ["user__username", "tenant__name"]
     autocomplete_fields = ["user", "tenant"]
 
