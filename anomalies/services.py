@@ -196,6 +196,16 @@ def anomaly_assign(
     return anomaly
 
 
+def anomaly_cause(*, anomaly_type: str, top_contributors: dict) -> str:
+    """
+    What relates a finding to others of its tenant and day: its most
+    expensive trace, or, with no trace to blame, the rule itself (usage that
+    stopped arriving stops for every scope at once).
+    """
+    traces = top_contributors.get("traces") or []
+    return f"trace:{traces[0][0]}"[:255] if traces else anomaly_type
+
+
 def _key(tenant_id, scope_type, project_id, scope_id, anomaly_type) -> tuple:
     return (tenant_id, scope_type, project_id, scope_id, anomaly_type)
 
@@ -235,6 +245,7 @@ def anomalies_record(
         ratio = ratio_of(finding.observed, finding.expected)
         anomaly = existing.get(key)
         if anomaly is None:
+            top = top_contributors(finding, day)
             anomaly = CostAnomaly.objects.create(
                 tenant_id=finding.tenant_id,
                 summary_id=finding.summary_id,
@@ -247,7 +258,10 @@ def anomalies_record(
                 observed=finding.observed,
                 expected=finding.expected,
                 ratio=ratio,
-                top_contributors=top_contributors(finding, day),
+                top_contributors=top,
+                cause=anomaly_cause(
+                    anomaly_type=finding.anomaly_type, top_contributors=top
+                ),
                 first_detected_at=now,
                 last_detected_at=now,
             )
@@ -290,6 +304,9 @@ def anomalies_record(
         anomaly.ratio = ratio
         anomaly.summary_id = finding.summary_id
         anomaly.top_contributors = top_contributors(finding, day)
+        anomaly.cause = anomaly_cause(
+            anomaly_type=anomaly.anomaly_type, top_contributors=anomaly.top_contributors
+        )
         anomaly.last_detected_at = now
         anomaly.save()
         audit_log_write(
