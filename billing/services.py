@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from billing.audit import Actor, audit_log_write
@@ -106,20 +106,65 @@ def tenant_update(
     return tenant
 
 
+class TenantStatusReason(models.TextChoices):
+    """Why a tenant was suspended or activated: a fixed list, so it can be counted."""
+
+    NON_PAYMENT = "non_payment", "Unpaid invoices"
+    PAYMENT_RECEIVED = "payment_received", "Payment received"
+    CUSTOMER_REQUEST = "customer_request", "The customer asked"
+    ABUSE = "abuse", "Abuse or security concern"
+    CONTRACT_ENDED = "contract_ended", "Contract ended"
+    ISSUE_RESOLVED = "issue_resolved", "The issue is resolved"
+    OTHER = "other", "Other (say why in the note)"
+
+
+# The reasons that make sense for each new status.
+STATUS_REASONS: dict[str, tuple[TenantStatusReason, ...]] = {
+    Tenant.Status.SUSPENDED: (
+        TenantStatusReason.NON_PAYMENT,
+        TenantStatusReason.CUSTOMER_REQUEST,
+        TenantStatusReason.ABUSE,
+        TenantStatusReason.CONTRACT_ENDED,
+        TenantStatusReason.OTHER,
+    ),
+    Tenant.Status.ACTIVE: (
+        TenantStatusReason.PAYMENT_RECEIVED,
+        TenantStatusReason.CUSTOMER_REQUEST,
+        TenantStatusReason.ISSUE_RESOLVED,
+        TenantStatusReason.OTHER,
+    ),
+}
+
+
 @transaction.atomic
 def tenant_set_status(
-    *, tenant_id: int, status: str, actor: Actor, note: str = ""
+    *, tenant_id: int, status: str, actor: Actor, reason: str = "", note: str = ""
 ) -> Tenant:
-    """Suspend or reactivate a tenant; a no-op transition is refused."""
+    """
+    Suspend or reactivate a tenant; a no-op transition is refused.
+
+    ``reason`` is one of ``STATUS_REASONS[status]`` (empty for callers that
+    have none, such as scripts); it is audited with the new status.
+    """
     if status not in Tenant.Status.values:
         raise ValueError(f"Unknown tenant status: {status!r}")
+    if reason and reason not in STATUS_REASONS[status]:
+        raise ValueError(f"Not a reason to make a tenant {status}: {reason!r}")
+    if reason == TenantStatusReason.OTHER and not note.strip():
+        raise ValueError("Reason 'other' needs a note that says why.")
     # A conditional UPDATE: two operators clicking at once change it once.
+    # (update() skips auto_now: the time is set here.)
     updated = (
-        Tenant.objects.filter(pk=tenant_id).exclude(status=status).update(status=status)
+        Tenant.objects.filter(pk=tenant_id)
+        .exclude(status=status)
+        .update(status=status, updated_at=timezone.now())
     )
     tenant = Tenant.objects.get(pk=tenant_id)
     if not updated:
-        raise InvalidTransition(f"Tenant {tenant.slug} is already {status}.")
+        # Said to the second of two operators who acted at once, too.
+        raise InvalidTransition(
+            f"Tenant {tenant.name} ({tenant.slug}) is already {status}: left as it is."
+        )
     suspending = status == Tenant.Status.SUSPENDED
     previous = Tenant.Status.ACTIVE if suspending else Tenant.Status.SUSPENDED
     audit_log_write(
@@ -128,7 +173,7 @@ def tenant_set_status(
         obj=tenant,
         tenant=tenant,
         before={"status": previous},
-        after={"status": status},
+        after={"status": status, **({"reason": reason} if reason else {})},
         note=note,
     )
     return tenant

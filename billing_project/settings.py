@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_rq",
+    "rangefilter",
     "billing",
     "anomalies",
 ]
@@ -123,6 +124,9 @@ RQ_QUEUES = {
         "ASYNC": bool(REDIS_URL),
     },
 }
+# django-rq's copy of its dashboard inside the admin lets in any staff user;
+# the one at /django-rq/ is for superusers (billing_project/urls.py).
+RQ_SHOW_ADMIN_LINK = False
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

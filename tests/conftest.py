@@ -13,6 +13,12 @@ pytest_plugins = [
 APP_ROLE = "billing_app_test"
 
 
+@pytest.fixture(autouse=True)
+def fast_passwords(settings):
+    # A real password hash costs about 0.5 s a user and tests nothing here.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def tenant():
     return TenantFactory()

@@ -6,6 +6,7 @@ from django.contrib import admin
 from django.utils.text import Truncator
 
 from billing.admin.base import (
+    OfferedActionsOnlyMixin,
     ReadOnlyAdminMixin,
     TenantFilter,
     TenantScopedAdminMixin,
@@ -22,7 +23,12 @@ REASON_CHARS = 80
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class UsageRecordAdmin(
+    OfferedActionsOnlyMixin,
+    ReadOnlyAdminMixin,
+    TenantScopedAdminMixin,
+    admin.ModelAdmin,
+):
     list_display = [
         "trace_id",
         "tenant",
@@ -37,6 +43,9 @@ class UsageRecordAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAd
     date_hierarchy = "trace_timestamp"
     list_select_related = ["tenant"]
     show_full_result_count = False
+    # The changelist's own default, stated so that the autocomplete of
+    # adjustments' records pages in a stable order too.
+    ordering = ["-pk"]
 
     @admin.display(description="Cost", ordering="cost")
     def billed_cost(self, obj: UsageRecord) -> str:
@@ -52,7 +61,10 @@ class UsageRecordAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAd
 
 @admin.register(UsageAdjustment)
 class UsageAdjustmentAdmin(
-    ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin
+    OfferedActionsOnlyMixin,
+    ReadOnlyAdminMixin,
+    TenantScopedAdminMixin,
+    admin.ModelAdmin,
 ):
     list_display = [
         "usage_record",
@@ -68,7 +80,12 @@ class UsageAdjustmentAdmin(
 
 
 @admin.register(SyncCursor)
-class SyncCursorAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class SyncCursorAdmin(
+    OfferedActionsOnlyMixin,
+    ReadOnlyAdminMixin,
+    TenantScopedAdminMixin,
+    admin.ModelAdmin,
+):
     list_display = [
         "tenant",
         "watermark",

@@ -6,6 +6,7 @@ from django.contrib import admin, messages
 
 from billing.admin.base import (
     OPERATE_ROLES,
+    OfferedActionsOnlyMixin,
     ReadOnlyAdminMixin,
     TenantFilter,
     TenantScopedAdminMixin,
@@ -13,13 +14,20 @@ from billing.admin.base import (
     request_actor,
     tenant_ids_acting_as,
 )
+from billing.admin.exports import CsvExportAdminMixin
 from billing.models import StripeReport
 from billing.services import InvalidTransition
 from billing.stripe_sink import report_retry
 
 
 @admin.register(StripeReport)
-class StripeReportAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class StripeReportAdmin(
+    OfferedActionsOnlyMixin,
+    CsvExportAdminMixin,
+    ReadOnlyAdminMixin,
+    TenantScopedAdminMixin,
+    admin.ModelAdmin,
+):
     list_display = [
         "identifier",
         "tenant",
@@ -37,6 +45,27 @@ class StripeReportAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelA
     date_hierarchy = "day"
     list_select_related = ["tenant"]
     actions = ["retry"]
+    # ``amount`` is in the report's unit (micro-USD or tokens), not dollars.
+    csv_fields = [
+        "id",
+        "tenant_id",
+        ("tenant", "tenant__name"),
+        "identifier",
+        "event_name",
+        "stripe_customer_id",
+        "unit",
+        "value",
+        ("amount_in_unit", "amount"),
+        "day",
+        "timestamp",
+        "record_count",
+        "adjustment_count",
+        "status",
+        "attempts",
+        "last_error",
+        "created_at",
+        "sent_at",
+    ]
 
     def has_retry_permission(self, request) -> bool:
         tenant_ids = tenant_ids_acting_as(request, OPERATE_ROLES)

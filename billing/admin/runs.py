@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from billing.admin.base import (
+    OfferedActionsOnlyMixin,
     ReadOnlyAdminMixin,
     TenantFilter,
     TenantScopedAdminMixin,
@@ -16,7 +17,12 @@ from billing.models import (
 
 
 @admin.register(SyncRun)
-class SyncRunAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class SyncRunAdmin(
+    OfferedActionsOnlyMixin,
+    ReadOnlyAdminMixin,
+    TenantScopedAdminMixin,
+    admin.ModelAdmin,
+):
     # What fits a 1400 px screen; every counter is on the run's page.
     list_display = [
         "started_at",
@@ -45,7 +51,7 @@ class SyncRunAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin)
 
 
 @admin.register(AnalyticsRun)
-class AnalyticsRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class AnalyticsRunAdmin(OfferedActionsOnlyMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = [
         "started_at",
         "kind",
@@ -63,6 +69,8 @@ class AnalyticsRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     ]
     list_filter = ["kind", "status"]
     date_hierarchy = "started_at"
+    # Nullable (a run over every tenant has none): not joined by default.
+    list_select_related = ["tenant"]
 
     def has_view_permission(self, request, obj=None) -> bool:
         # Runs span tenants: platform operators only.

@@ -97,6 +97,8 @@ class CostSummary(TenantOwnedModel):
     computed_at = models.DateTimeField()
 
     class Meta:
+        # Django's default plural would be "cost summarys".
+        verbose_name_plural = "cost summaries"
         ordering = ["-period_start", "scope_type", "scope_id"]
         constraints = [
             models.UniqueConstraint(

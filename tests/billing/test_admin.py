@@ -51,7 +51,12 @@ def test_suspend_action_goes_through_the_service(client, tenant, staff_of):
     client.force_login(user)
     response = client.post(
         reverse("admin:billing_tenant_changelist"),
-        {"action": "suspend", "_selected_action": [tenant.pk]},
+        {
+            "action": "suspend",
+            "_selected_action": [tenant.pk],
+            "post": "yes",
+            "reason": "non_payment",
+        },
     )
     assert response.status_code == 302
     assert Tenant.objects.get(pk=tenant.pk).status == "suspended"
