@@ -40,9 +40,14 @@ OWN_MEMBERSHIPS_EXPRESSION = (
     f"user_id = NULLIF(current_setting('{USER_ID_SETTING}', true), '')::bigint"
 )
 
+# Every setting is read in a scalar subquery: Postgres evaluates it once per
+# query (an InitPlan) instead of once per row. Parsing the tenant list on
+# every row cost a superuser's admin 4.4 s to count 1M anomalies of 200
+# tenants (0.22 s this way). The outer cast, a no-op, makes ANY take the
+# subquery's array rather than its rows.
 TENANT_IDS_EXPRESSION = (
-    f"tenant_id = ANY (string_to_array("
-    f"NULLIF(current_setting('{TENANT_IDS_SETTING}', true), ''), ',')::bigint[])"
+    f"tenant_id = ANY ((SELECT string_to_array(NULLIF("
+    f"current_setting('{TENANT_IDS_SETTING}', true), ''), ',')::bigint[])::bigint[])"
 )
 
 
@@ -60,7 +65,7 @@ def may_bypass_expression(table: str, quote, group: str = BYPASS_GROUP) -> str:
 def policy_expression(table: str, quote) -> str:
     """The tenant policy of ``table``, for both USING and WITH CHECK."""
     return (
-        f"(current_setting('{BYPASS_SETTING}', true) = 'on' "
+        f"((SELECT current_setting('{BYPASS_SETTING}', true) = 'on') "
         f"AND {may_bypass_expression(table, quote)}) "
         f"OR {TENANT_IDS_EXPRESSION}"
     )
@@ -102,7 +107,9 @@ class RenewTenantPolicies(migrations.operations.base.Operation):
     reversible = True
     reduces_to_sql = True
 
-    def __init__(self, *, previous: str) -> None:
+    def __init__(self, *, previous: str | None) -> None:
+        # None: the previous expressions meant the same (only faster or
+        # slower); unapplying leaves the current one.
         self.previous = previous
 
     def state_forwards(self, app_label, state) -> None:
@@ -133,13 +140,14 @@ class RenewTenantPolicies(migrations.operations.base.Operation):
         self._alter(schema_editor, policy_expression)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        self._alter(schema_editor, lambda table, quote: self.previous)
+        if self.previous is not None:
+            self._alter(schema_editor, lambda table, quote: self.previous)
 
     def deconstruct(self):
         return (self.__class__.__name__, [], {"previous": self.previous})
 
     def describe(self) -> str:
-        return "Honour the RLS bypass only for the worker group and table owners"
+        return "Set every tenant policy to billing.rls.policy_expression"
 
 
 class CreateOwnMembershipsPolicy(PostgresTableOperation):

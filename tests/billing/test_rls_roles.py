@@ -192,14 +192,18 @@ def test_the_bypass_check_never_fails_without_the_group(seeded, web_role):
     assert execute(f"SELECT {missing}") == [(None,)]
 
 
-def test_the_role_check_runs_once_per_query(seeded, web_role):
+def test_the_settings_and_role_checks_run_once_per_query(seeded, web_role):
+    # Per row, parsing a superuser's list of 200 tenants cost 4.4 s on a
+    # count of 1M rows: the bypass setting, the two role checks and the
+    # tenant list are each evaluated once (an InitPlan), never per row.
     set_role(web_role)
     execute("SET app.rls_bypass = 'on'")
     plan = "\n".join(
         line for (line,) in execute("EXPLAIN SELECT * FROM billing_usagerecord")
     )
-    assert plan.count("InitPlan") == 2, plan
+    assert plan.count("InitPlan") == 4, plan
     assert "SubPlan" not in plan, plan
+    assert "OR (tenant_id = ANY ($3)))" in plan, plan
 
 
 def test_a_user_reads_their_own_memberships_in_every_tenant(seeded, web_role):
