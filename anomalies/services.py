@@ -18,8 +18,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from anomalies.detectors import Finding
-from anomalies.models import AnomalyStatus, CostAnomaly, ResolutionReason
-from anomalies.selectors import top_contributors
+from anomalies.models import AnomalyStatus, AnomalyType, CostAnomaly, ResolutionReason
+from anomalies.selectors import top_contributors_for
 from billing.audit import Actor, audit_log_write
 from billing.models import Membership
 from billing.selectors import membership_role
@@ -199,11 +199,13 @@ def anomaly_assign(
 def anomaly_cause(*, anomaly_type: str, top_contributors: dict) -> str:
     """
     What relates a finding to others of its tenant and day: its most
-    expensive trace, or, with no trace to blame, the rule itself (usage that
-    stopped arriving stops for every scope at once).
+    expensive trace; for missing data the rule itself (usage that stops
+    arriving stops for every scope at once); otherwise nothing ("").
     """
     traces = top_contributors.get("traces") or []
-    return f"trace:{traces[0][0]}"[:255] if traces else anomaly_type
+    if traces:
+        return f"trace:{traces[0][0]}"[:255]
+    return anomaly_type if anomaly_type == AnomalyType.MISSING_DATA else ""
 
 
 def _key(tenant_id, scope_type, project_id, scope_id, anomaly_type) -> tuple:
@@ -234,6 +236,10 @@ def anomalies_record(
             period_start=start, tenant_id__in={f.tenant_id for f in findings}
         ).select_for_update()
     }
+    # What to write is decided first: the top contributors of all of it are
+    # then read at once (one pass over the day's ledger, not one per finding),
+    # and not at all by a re-run that changes nothing.
+    writes: list[tuple[Finding, CostAnomaly | None, str, str]] = []
     for finding in findings:
         key = _key(
             finding.tenant_id,
@@ -242,10 +248,32 @@ def anomalies_record(
             finding.scope_id,
             finding.anomaly_type,
         )
-        ratio = ratio_of(finding.observed, finding.expected)
         anomaly = existing.get(key)
         if anomaly is None:
-            top = top_contributors(finding, day)
+            writes.append((finding, None, "", "anomaly.detect"))
+            continue
+        if anomaly.status == AnomalyStatus.RESOLVED:
+            worse = severity(observed=finding.observed, expected=finding.expected)
+            if worse < (anomaly.resolved_severity or 0) * MATERIAL_WORSENING:
+                continue
+            note = (
+                f"re-detected materially worse: severity {worse} vs "
+                f"{anomaly.resolved_severity} when resolved"
+            )
+            writes.append((finding, anomaly, note, "anomaly.reopen"))
+        elif (anomaly.observed, anomaly.expected) == (
+            finding.observed,
+            finding.expected,
+        ):
+            CostAnomaly.objects.filter(pk=anomaly.pk).update(last_detected_at=now)
+        else:
+            writes.append((finding, anomaly, "", "anomaly.redetect"))
+
+    contributors = top_contributors_for([finding for finding, *_ in writes], day)
+    for finding, anomaly, note, action in writes:
+        top = contributors[finding]
+        ratio = ratio_of(finding.observed, finding.expected)
+        if anomaly is None:
             anomaly = CostAnomaly.objects.create(
                 tenant_id=finding.tenant_id,
                 summary_id=finding.summary_id,
@@ -267,7 +295,7 @@ def anomalies_record(
             )
             audit_log_write(
                 actor=actor,
-                action="anomaly.detect",
+                action=action,
                 obj=anomaly,
                 tenant=anomaly.tenant,
                 after=_snapshot(anomaly),
@@ -276,34 +304,19 @@ def anomalies_record(
             continue
 
         before = _snapshot(anomaly)
-        if anomaly.status == AnomalyStatus.RESOLVED:
-            worse = severity(observed=finding.observed, expected=finding.expected)
-            if worse < (anomaly.resolved_severity or 0) * MATERIAL_WORSENING:
-                continue
-            note = (
-                f"re-detected materially worse: severity {worse} vs "
-                f"{anomaly.resolved_severity} when resolved"
-            )
+        if action == "anomaly.reopen":
             anomaly.status = AnomalyStatus.OPEN
             anomaly.resolution_reason = ""
             anomaly.resolved_by = None
             anomaly.resolved_at = None
-            action = "anomaly.reopen"
             result.reopened += 1
-        elif (anomaly.observed, anomaly.expected) == (
-            finding.observed,
-            finding.expected,
-        ):
-            CostAnomaly.objects.filter(pk=anomaly.pk).update(last_detected_at=now)
-            continue
         else:
-            note, action = "", "anomaly.redetect"
             result.updated += 1
         anomaly.observed = finding.observed
         anomaly.expected = finding.expected
         anomaly.ratio = ratio
         anomaly.summary_id = finding.summary_id
-        anomaly.top_contributors = top_contributors(finding, day)
+        anomaly.top_contributors = top
         anomaly.cause = anomaly_cause(
             anomaly_type=anomaly.anomaly_type, top_contributors=anomaly.top_contributors
         )

@@ -1,341 +1,344 @@
 """
-Admin for cost anomalies: review them where they are listed.
+Admin for cost anomalies: the review queue, and a page per anomaly that
+explains itself.
 
-Acknowledge, resolve and reopen are bulk actions with an intermediate page, as
-Django's ``delete_selected`` is: the action renders a form listing the
-selected anomalies, the form posts back to the same action, and the action
-calls the service once per anomaly. The change page offers the transitions
-valid for the anomaly's status as buttons that lead to the same form for that
-one anomaly. "Assign to me" needs no input and acts at once.
+The list fits a 1400 px screen: day, tenant, type, scope, observed vs
+expected, severity (the money at stake either way), status and assignee, and
+how many other anomalies share the cause. Its default order is the review
+queue (open first, most money first), read from an index on generated
+columns, and it counts no further than 10,000 matches (``paging``).
 
-Who may act is the user's Membership role on the anomaly's tenant, not a
-Django model permission: operators and tenant admins review, viewers look,
-superusers may do everything. Every status change goes through
-``anomalies.services`` (conditional UPDATE + audit row), so when two
-operators act at once the second one gets a warning saying what the anomaly
-already is, never a second transition or an error page.
+The change page shows what the detector saw (``anomalies.evidence``): the
+rule and what "expected" is made of, the scope's last 28 days as a chart,
+the top models and traces with links to their ledger rows, the related
+anomalies and the audit timeline.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from decimal import Decimal
 
-from django import forms
-from django.contrib import admin, messages
-from django.contrib.admin import helpers
-from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
-from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.http import Http404, HttpRequest, HttpResponseRedirect
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.http import urlencode
+from django.utils.text import Truncator
+from rangefilter.filters import DateRangeQuickSelectListFilterBuilder
 
-from anomalies.models import AnomalyStatus, CostAnomaly, ResolutionReason
-from anomalies.services import (
-    ACKNOWLEDGEABLE,
-    REOPENABLE,
-    RESOLVABLE,
-    InvalidTransition,
-    anomaly_acknowledge,
-    anomaly_assign,
-    anomaly_reopen,
-    anomaly_resolve,
-)
+from anomalies import evidence
+from anomalies.admin.filters import AssigneeFilter, IncidentFilter
+from anomalies.admin.paging import CappedPaginator
+from anomalies.admin.review import ReviewActionsMixin
+from anomalies.models import AnomalyType, CostAnomaly, ResolutionReason
 from billing.admin.base import (
-    OPERATE_ROLES,
+    OfferedActionsOnlyMixin,
     ReadOnlyAdminMixin,
     TenantFilter,
     TenantScopedAdminMixin,
-    request_actor,
-    tenant_ids_acting_as,
 )
+from billing.admin.exports import CsvExportAdminMixin
+from billing.charts import daily_cost_chart, usd
+from billing.models import AuditLog
 
-# The Membership roles that may review anomalies (superusers always may).
-REVIEW_ROLES = OPERATE_ROLES
-
-
-@dataclass(frozen=True)
-class Transition:
-    name: str  # the admin action's name, and the button's URL segment
-    label: str  # "Resolve"
-    past: str  # "resolved", for messages
-    done: str  # the status afterwards
-    allowed_from: tuple[str, ...]
-    service: Callable[..., CostAnomaly]
-    # Resolving takes a reason from ResolutionReason; reopening must say why
-    # in the note (the model keeps reasons for resolutions only).
-    needs_reason: bool = False
-    needs_note: bool = False
-
-
-TRANSITIONS = {
-    t.name: t
-    for t in [
-        Transition(
-            "acknowledge",
-            "Acknowledge",
-            "acknowledged",
-            AnomalyStatus.ACKNOWLEDGED,
-            ACKNOWLEDGEABLE,
-            anomaly_acknowledge,
-        ),
-        Transition(
-            "resolve",
-            "Resolve",
-            "resolved",
-            AnomalyStatus.RESOLVED,
-            RESOLVABLE,
-            anomaly_resolve,
-            needs_reason=True,
-        ),
-        Transition(
-            "reopen",
-            "Reopen",
-            "reopened",
-            AnomalyStatus.OPEN,
-            REOPENABLE,
-            anomaly_reopen,
-            needs_note=True,
-        ),
-    ]
+# A scope id in a list row; the whole one is on the anomaly's page.
+SCOPE_CHARS = 40
+SHORT_TYPES = {
+    AnomalyType.HIGH_COST: "High vs peers",
+    AnomalyType.SUSPICIOUSLY_LOW: "Low vs peers",
+    AnomalyType.SPIKE_VS_BASELINE: "Spike vs own baseline",
+    AnomalyType.MISSING_DATA: "Missing data",
 }
 
 
-class ReviewForm(forms.Form):
-    reason = forms.ChoiceField(
-        choices=[("", "---------"), *ResolutionReason.choices], required=False
-    )
-    note = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
-        required=False,
-        help_text="Kept in the audit log with the change.",
-    )
-
-    def __init__(self, *args, transition: Transition, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        if transition.needs_reason:
-            self.fields["reason"].required = True
-        else:
-            del self.fields["reason"]
-        if transition.needs_note:
-            self.fields["note"].required = True
-            self.fields["note"].help_text = "Why it needs another look."
+def ratio_text(anomaly: CostAnomaly) -> str:
+    if anomaly.ratio is None:
+        return "no expected cost"
+    if anomaly.ratio == 0:
+        return "none"
+    return f"{anomaly.ratio:.1f}x" if anomaly.ratio >= 1 else f"{anomaly.ratio:.2f}x"
 
 
-def review_tenant_ids(request: HttpRequest) -> set[int] | None:
-    """Tenants whose anomalies the user may review; None means every tenant."""
-    return tenant_ids_acting_as(request, REVIEW_ROLES)
+# Audit actions as an operator reads them.
+ACTION_WORDS = {
+    "anomaly.detect": "Detected",
+    "anomaly.redetect": "Re-detected with new numbers",
+    "anomaly.acknowledge": "Acknowledged",
+    "anomaly.resolve": "Resolved",
+    "anomaly.reopen": "Reopened",
+    "anomaly.assign": "Assigned",
+}
 
 
-def count(n: int) -> str:
-    return f"{n} anomaly" if n == 1 else f"{n} anomalies"
-
-
-def refusal(transition: Transition, anomaly: CostAnomaly) -> str:
-    """Why a transition did not happen, from the anomaly's current status."""
-    if anomaly.status == transition.done:
-        return f"“{anomaly}” is already {anomaly.status}: left as it is."
-    return (
-        f"“{anomaly}” is {anomaly.status}: only an anomaly that is "
-        f"{' or '.join(transition.allowed_from)} can be {transition.past}."
-    )
+def timeline_entry(entry: AuditLog, users: dict[int, str]) -> dict:
+    before, after = entry.before or {}, entry.after or {}
+    change = ""
+    if entry.action == "anomaly.assign":
+        change = f"to {users.get(after.get('assignee'), 'a former user')}"
+    elif before.get("status") and before.get("status") != after.get("status"):
+        change = f"{before['status']} → {after.get('status')}"
+    elif "observed" in before and before.get("observed") != after.get("observed"):
+        change = (
+            f"observed {usd(Decimal(before['observed']))} → "
+            f"{usd(Decimal(after['observed']))}"
+        )
+    reason = after.get("resolution_reason") if entry.action == "anomaly.resolve" else ""
+    return {
+        "action": entry.action,
+        "created_at": entry.created_at,
+        "what": ACTION_WORDS.get(entry.action, entry.action),
+        "who": str(entry.actor)
+        if entry.actor
+        else entry.get_actor_kind_display().lower(),
+        "change": change,
+        "reason": ResolutionReason(reason).label
+        if reason in ResolutionReason.values
+        else reason,
+        "note": entry.note,
+    }
 
 
 @admin.register(CostAnomaly)
-class CostAnomalyAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class CostAnomalyAdmin(
+    ReviewActionsMixin,
+    OfferedActionsOnlyMixin,
+    CsvExportAdminMixin,
+    ReadOnlyAdminMixin,
+    TenantScopedAdminMixin,
+    admin.ModelAdmin,
+):
     list_display = [
-        "period_start",
+        "day",
         "tenant",
+        "kind",
+        "scope",
+        "observed_vs_expected",
+        "severity",
+        "review",
+        "related",
+    ]
+    list_display_links = ["day", "scope"]
+    list_filter = [
+        "status",
+        "anomaly_type",
+        "scope_type",
+        TenantFilter,
+        AssigneeFilter,
+        ("period_start", DateRangeQuickSelectListFilterBuilder(title="day")),
+        IncidentFilter,
+    ]
+    search_fields = ["scope_id", "project_id", "tenant__name"]
+    search_help_text = "Scope id, project id or tenant name."
+    list_select_related = ["tenant", "assignee"]
+    # Counted up to 10,000 matches, and the table's total never.
+    paginator = CappedPaginator
+    show_full_result_count = False
+    actions = ["acknowledge", "resolve", "reopen", "assign_to_me", "assign"]
+    csv_fields = [
+        "id",
+        ("tenant", "tenant__name"),
+        ("day", "period_start"),
         "anomaly_type",
         "scope_type",
         "project_id",
         "scope_id",
-        "observed",
-        "expected",
+        ("observed_usd", "observed"),
+        ("expected_usd", "expected"),
         "ratio",
+        ("impact_usd", "impact"),
         "status",
+        ("assignee", "assignee__username"),
+        "resolution_reason",
+        "resolution_note",
+        "cause",
+        "first_detected_at",
+        "last_detected_at",
     ]
-    list_filter = ["status", "anomaly_type", "scope_type", TenantFilter]
-    search_fields = ["scope_id", "project_id"]
-    date_hierarchy = "period_start"
-    list_select_related = ["tenant"]
-    actions = ["acknowledge", "resolve", "reopen", "assign_to_me"]
-    review_template = "admin/anomalies/costanomaly/review_confirmation.html"
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "tenant",
+                    "anomaly_type",
+                    "scope_type",
+                    "project_id",
+                    "scope_id",
+                    "period_start",
+                    "observed_money",
+                    "expected_money",
+                    "ratio_display",
+                ]
+            },
+        ),
+        (
+            "Review",
+            {
+                "fields": [
+                    "status",
+                    "assignee",
+                    "resolution_reason",
+                    "resolution_note",
+                    "resolved_by",
+                    "resolved_at",
+                    "first_detected_at",
+                    "last_detected_at",
+                ]
+            },
+        ),
+    ]
 
-    # Permissions -----------------------------------------------------------
-
-    def has_review_permission(self, request: HttpRequest, obj=None) -> bool:
-        if not self.has_view_permission(request, obj):
-            return False
-        tenant_ids = review_tenant_ids(request)
-        if tenant_ids is None:
-            return True
-        return obj.tenant_id in tenant_ids if obj is not None else bool(tenant_ids)
-
-    def _check_review(self, request: HttpRequest, queryset: QuerySet) -> None:
-        """Every selected anomaly must be in a tenant the user reviews."""
-        tenant_ids = review_tenant_ids(request)
-        if (
-            tenant_ids is not None
-            and queryset.exclude(tenant_id__in=tenant_ids).exists()
-        ):
-            raise PermissionDenied
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        relatives = (
+            CostAnomaly.objects.filter(
+                tenant_id=OuterRef("tenant_id"),
+                period_start=OuterRef("period_start"),
+                cause=OuterRef("cause"),
+            )
+            .exclude(pk=OuterRef("pk"))
+            .exclude(cause="")
+            .order_by()
+            .values("tenant_id")
+            .annotate(n=Count("*"))
+            .values("n")
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                related_count=Coalesce(
+                    Subquery(relatives, output_field=IntegerField()), 0
+                )
+            )
+        )
 
     def changelist_view(self, request: HttpRequest, extra_context=None):
-        # Django answers an action it does not offer with "No action
-        # selected" (or ignores it when it offers none): a forged POST is a 403.
-        if request.method == "POST":
-            requested = set(request.POST.getlist("action")) - {""}
-            if requested - set(self.get_actions(request)):
-                raise PermissionDenied
+        # The queue needs the whole width of a 1400 px screen; the app list
+        # is one click away in the breadcrumbs.
+        extra_context = {"is_nav_sidebar_enabled": False, **(extra_context or {})}
         return super().changelist_view(request, extra_context)
 
-    # Actions ---------------------------------------------------------------
-
-    @admin.action(description="Acknowledge selected anomalies", permissions=["review"])
-    def acknowledge(self, request, queryset):
-        return self._review(request, queryset, TRANSITIONS["acknowledge"])
-
-    @admin.action(description="Resolve selected anomalies", permissions=["review"])
-    def resolve(self, request, queryset):
-        return self._review(request, queryset, TRANSITIONS["resolve"])
-
-    @admin.action(description="Reopen selected anomalies", permissions=["review"])
-    def reopen(self, request, queryset):
-        return self._review(request, queryset, TRANSITIONS["reopen"])
-
-    @admin.action(description="Assign selected anomalies to me", permissions=["review"])
-    def assign_to_me(self, request, queryset) -> None:
-        self._check_review(request, queryset)
-        assigned = 0
-        for anomaly in queryset.select_related("tenant"):
-            try:
-                anomaly_assign(
-                    anomaly_id=anomaly.pk,
-                    actor=request_actor(request),
-                    assignee=request.user,
-                )
-                assigned += 1
-            except InvalidTransition:
-                anomaly.refresh_from_db()
-                self.message_user(
-                    request,
-                    f"“{anomaly}” is {anomaly.status}: not assigned.",
-                    messages.WARNING,
-                )
-        if assigned:
-            self.message_user(request, f"{count(assigned)} assigned to you.")
-
-    def _review(self, request, queryset, transition: Transition):
-        """The intermediate page on the first POST, the transitions on the second."""
-        self._check_review(request, queryset)
-        anomalies = list(queryset.select_related("tenant", "assignee"))
-        if not anomalies:
-            self.message_user(
-                request,
-                "None of the selected anomalies is yours to change.",
-                messages.WARNING,
-            )
-            return None
-        form = ReviewForm(
-            request.POST if request.POST.get("post") == "yes" else None,
-            transition=transition,
-        )
-        if not form.is_valid():
-            return self._render_review(request, transition, anomalies, form)
-        reason = form.cleaned_data.get("reason")
-        extra = {"reason": reason} if transition.needs_reason else {}
-        done = 0
-        for anomaly in anomalies:
-            try:
-                transition.service(
-                    anomaly_id=anomaly.pk,
-                    actor=request_actor(request),
-                    note=form.cleaned_data["note"],
-                    **extra,
-                )
-                done += 1
-            except InvalidTransition:
-                # Someone else got there first (or it was never valid):
-                # say what it is now, as the service's UPDATE saw it.
-                anomaly.refresh_from_db()
-                self.message_user(
-                    request, refusal(transition, anomaly), messages.WARNING
-                )
-        if done:
-            why = f" ({ResolutionReason(reason).label})" if reason else ""
-            self.message_user(
-                request,
-                f"{transition.past.capitalize()} {count(done)}{why}.",
-                messages.SUCCESS,
-            )
-        return None
-
-    def _render_review(self, request, transition, anomalies, form) -> HttpResponse:
-        changeable = [a for a in anomalies if a.status in transition.allowed_from]
-        context = {
-            **self.admin_site.each_context(request),
-            "title": f"{transition.label} cost anomalies",
-            "opts": self.opts,
-            "transition": transition,
-            "form": form,
-            "changeable": changeable,
-            "unchanged": [a for a in anomalies if a not in changeable],
-            "anomalies": anomalies,
-            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-            "media": self.media + form.media,
-        }
-        request.current_app = self.admin_site.name
-        return TemplateResponse(request, self.review_template, context)
-
-    # Change page buttons ---------------------------------------------------
-
-    def get_urls(self):
-        name = f"{self.opts.app_label}_{self.opts.model_name}_review"
-        return [
-            path(
-                "<int:object_id>/review/<slug:transition>/",
-                self.admin_site.admin_view(self.review_view),
-                name=name,
-            ),
-            *super().get_urls(),
-        ]
-
-    def review_view(self, request, object_id: int, transition: str):
-        """One anomaly through the same intermediate page as the bulk action."""
-        if transition not in TRANSITIONS:
-            raise Http404
-        queryset = self.get_queryset(request).filter(pk=object_id)
-        anomaly = queryset.first()
+    def history_view(self, request: HttpRequest, object_id: str, extra_context=None):
+        # The audit log, not Django's LogEntry, holds an anomaly's story.
+        anomaly = self.get_object(request, object_id)
         if anomaly is None:
             raise Http404
-        if not self.has_review_permission(request, anomaly):
-            raise PermissionDenied
-        response = self._review(request, queryset, TRANSITIONS[transition])
-        if response is None:
-            return HttpResponseRedirect(
-                reverse("admin:anomalies_costanomaly_change", args=[anomaly.pk])
-            )
-        return response
+        url = reverse("admin:billing_auditlog_changelist")
+        query = urlencode(
+            {"object_type": anomaly._meta.label_lower, "object_id": anomaly.pk}
+        )
+        return HttpResponseRedirect(f"{url}?{query}")
 
-    def review_buttons(self, request, obj: CostAnomaly) -> list[dict]:
-        if not self.has_review_permission(request, obj):
-            return []
-        return [
+    # List columns ----------------------------------------------------------
+
+    def get_list_display(self, request: HttpRequest) -> list[str]:
+        # Staff of one tenant would read its name on every row.
+        tenant_ids = getattr(request, "tenant_ids", None)
+        if tenant_ids is not None and len(tenant_ids) == 1:
+            return [c for c in self.list_display if c != "tenant"]
+        return self.list_display
+
+    @admin.display(description="Type", ordering="anomaly_type")
+    def kind(self, obj: CostAnomaly) -> str:
+        return SHORT_TYPES[obj.anomaly_type]
+
+    @admin.display(description="Status", ordering="review_order")
+    def review(self, obj: CostAnomaly) -> str:
+        status = obj.get_status_display()
+        return f"{status} · {obj.assignee}" if obj.assignee else status
+
+    @admin.display(description="Day", ordering="period_start")
+    def day(self, obj: CostAnomaly) -> str:
+        return f"{obj.period_start:%Y-%m-%d}"
+
+    @admin.display(description="Scope", ordering="scope_id")
+    def scope(self, obj: CostAnomaly) -> str:
+        name = f"{obj.project_id}/{obj.scope_id}" if obj.project_id else obj.scope_id
+        return f"{obj.scope_type} {Truncator(name).chars(SCOPE_CHARS)}"
+
+    @admin.display(description="Observed vs expected", ordering="ratio")
+    def observed_vs_expected(self, obj: CostAnomaly) -> str:
+        return f"{usd(obj.observed)} vs {usd(obj.expected)} ({ratio_text(obj)})"
+
+    @admin.display(description="Severity", ordering="-impact")
+    def severity(self, obj: CostAnomaly) -> str:
+        sign = "+" if obj.observed >= obj.expected else "-"
+        return f"{sign}{usd(obj.impact)}"
+
+    @admin.display(description="Related", ordering="related_count")
+    def related(self, obj: CostAnomaly) -> str:
+        if not obj.related_count:
+            return "-"
+        url = reverse("admin:anomalies_costanomaly_changelist")
+        query = urlencode(
             {
-                "name": t.name,
-                "label": t.label,
-                "url": reverse(
-                    "admin:anomalies_costanomaly_review", args=[obj.pk, t.name]
-                ),
+                "tenant": obj.tenant_id,
+                "cause__exact": obj.cause,
+                "period_start__exact": obj.period_start.isoformat(),
             }
-            for t in TRANSITIONS.values()
-            if obj.status in t.allowed_from
-        ]
+        )
+        return format_html('<a href="{}?{}">+{}</a>', url, query, obj.related_count)
+
+    # Change page -----------------------------------------------------------
+
+    @admin.display(description="Observed")
+    def observed_money(self, obj: CostAnomaly) -> str:
+        return usd(obj.observed)
+
+    @admin.display(description="Expected")
+    def expected_money(self, obj: CostAnomaly) -> str:
+        return usd(obj.expected)
+
+    @admin.display(description="Observed / expected")
+    def ratio_display(self, obj: CostAnomaly) -> str:
+        return ratio_text(obj)
 
     def render_change_form(
         self, request, context, add=False, change=False, form_url="", obj=None
     ):
         if obj is not None:
-            context["review_buttons"] = self.review_buttons(request, obj)
+            context.update(self._evidence(request, obj))
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def _evidence(self, request: HttpRequest, obj: CostAnomaly) -> dict:
+        points = evidence.scope_daily_costs(anomaly=obj)
+        traces = evidence.top_traces(anomaly=obj)
+        for trace in traces:
+            trace["url"] = (
+                reverse("admin:billing_usagerecord_change", args=[trace["record_id"]])
+                if trace["record_id"]
+                else None
+            )
+        related = list(evidence.related_anomalies(anomaly=obj))
+        explanation = evidence.anomaly_explanation(anomaly=obj)
+        timeline = list(evidence.audit_timeline(anomaly=obj))
+        users = dict(
+            get_user_model()
+            .objects.filter(pk__in={e.after.get("assignee") for e in timeline})
+            .values_list("pk", "username")
+        )
+        return {
+            "review_buttons": self.review_buttons(request, obj),
+            "explanation": explanation,
+            "chart": daily_cost_chart(
+                points,
+                marked=obj.period_start.date(),
+                label=f"Daily cost of {obj.scope_type} {obj.scope_id}",
+            ),
+            "chart_total": usd(sum(cost for _, cost in points)),
+            "top_models": [(m, usd(c)) for m, c in evidence.top_models(anomaly=obj)],
+            "top_traces": [{**t, "cost": usd(t["cost"])} for t in traces],
+            "related": [
+                {
+                    "anomaly": a,
+                    "observed_vs_expected": self.observed_vs_expected(a),
+                }
+                for a in related
+            ],
+            "expected_money": usd(obj.expected),
+            "peers": [(name, usd(cost)) for name, cost in explanation.peers],
+            "timeline": [timeline_entry(e, users) for e in timeline],
+        }

@@ -11,9 +11,12 @@ def fill_cause(apps, schema_editor):
     CostAnomaly = apps.get_model("anomalies", "CostAnomaly")
     for anomaly in CostAnomaly.objects.filter(cause="").iterator():
         traces = (anomaly.top_contributors or {}).get("traces") or []
-        anomaly.cause = (
-            f"trace:{traces[0][0]}"[:255] if traces else anomaly.anomaly_type
-        )
+        if traces:
+            anomaly.cause = f"trace:{traces[0][0]}"[:255]
+        elif anomaly.anomaly_type == "missing_data":
+            anomaly.cause = "missing_data"
+        else:
+            continue
         anomaly.save(update_fields=["cause"])
 
 

@@ -32,31 +32,35 @@ pytestmark = pytest.mark.django_db
 CHANGELIST = "admin:anomalies_costanomaly_changelist"
 ROLES = ["viewer", "operator", "admin", "superuser", "other_tenant_operator"]
 MAY_REVIEW = {"operator", "admin", "superuser"}
-ACTIONS = ["acknowledge", "resolve", "reopen", "assign_to_me"]
+ACTIONS = ["acknowledge", "resolve", "reopen", "assign_to_me", "assign"]
 # What each action needs on its intermediate page, and the status it needs.
 CONFIRM = {
     "acknowledge": {"note": "looking"},
     "resolve": {"reason": "expected", "note": "launch day"},
     "reopen": {"note": "still happening"},
     "assign_to_me": {},
+    "assign": {"note": "yours"},  # + the colleague, see confirm()
 }
 STARTS_FROM = {
     "acknowledge": "open",
     "resolve": "open",
     "reopen": "resolved",
     "assign_to_me": "open",
+    "assign": "open",
 }
 ENDS_AS = {
     "acknowledge": "acknowledged",
     "resolve": "resolved",
     "reopen": "open",
     "assign_to_me": "open",
+    "assign": "open",
 }
 AUDIT_ACTION = {
     "acknowledge": "anomaly.acknowledge",
     "resolve": "anomaly.resolve",
     "reopen": "anomaly.reopen",
     "assign_to_me": "anomaly.assign",
+    "assign": "anomaly.assign",
 }
 
 
@@ -87,6 +91,13 @@ def staff(tenant, role) -> object:
     user = UserFactory()
     user.user_permissions.add(Permission.objects.get(codename="view_costanomaly"))
     MembershipFactory(user=user, tenant=tenant, role=role)
+    return user
+
+
+def colleague(tenant) -> object:
+    """An operator of ``tenant`` to assign anomalies to (one per tenant)."""
+    user = UserFactory(username=f"colleague-of-{tenant.pk}")
+    MembershipFactory(user=user, tenant=tenant, role=Membership.Role.OPERATOR)
     return user
 
 
@@ -121,6 +132,8 @@ def post_action(client, action, anomalies, **data):
 def confirm(client, action, anomalies, follow=True, **data):
     """The second POST: the one the intermediate page sends."""
     data = {**CONFIRM[action], **data, "post": "yes"}
+    if action == "assign" and "assignee" not in data:
+        data["assignee"] = colleague(anomalies[0].tenant).pk
     if action == "assign_to_me":
         data["index"] = 0  # no intermediate page: the changelist's own form
     return client.post(
@@ -160,10 +173,11 @@ def test_actions_are_offered_only_to_reviewers(client, login, tenant, role):
         else []
     )
     listed = [a.pk for a in response.context["cl"].result_list]
+    # Everyone who may look may export what they see; only reviewers act.
     if role == "viewer":
-        assert offered == []
+        assert offered == ["export_csv"]
     else:
-        assert offered == ACTIONS
+        assert offered == [*ACTIONS, "export_csv"]
     # Staff of another tenant never see this tenant's anomalies.
     assert listed == ([] if role == "other_tenant_operator" else [anomaly.pk])
 
@@ -192,6 +206,9 @@ def test_each_role_against_each_action(client, login, tenant, role, action):
         assert (anomaly.status, audits) == (STARTS_FROM[action], [])
     if action == "assign_to_me":
         assert (anomaly.assignee == user) is (role in MAY_REVIEW)
+    if action == "assign":
+        assigned = anomaly.assignee is not None
+        assert assigned is (role in MAY_REVIEW)
 
 
 def test_a_viewer_here_and_operator_elsewhere_may_not_act_here(client, tenant):
@@ -472,8 +489,8 @@ def buttons(client, anomaly) -> list[str]:
 @pytest.mark.parametrize(
     ("status", "expected"),
     [
-        ("open", ["acknowledge", "resolve"]),
-        ("acknowledged", ["resolve"]),
+        ("open", ["acknowledge", "resolve", "assign"]),
+        ("acknowledged", ["resolve", "assign"]),
         ("resolved", ["reopen"]),
     ],
 )
@@ -503,7 +520,7 @@ def test_only_reviewers_see_buttons(client, login, tenant, role):
     login(role)
 
     assert buttons(client, anomaly) == (
-        [] if role == "viewer" else ["acknowledge", "resolve"]
+        [] if role == "viewer" else ["acknowledge", "resolve", "assign"]
     )
     assert (
         b"review-button"

@@ -1,0 +1,350 @@
+"""
+Reviewing anomalies from the admin: acknowledge, resolve, reopen, assign.
+
+Each is a bulk action with an intermediate page, as Django's
+``delete_selected`` is: the action renders a form listing the selected
+anomalies, the form posts back to the same action, and the action calls the
+service once per anomaly. The change page offers the reviews valid for the
+anomaly's status as buttons that lead to the same form for that one anomaly.
+"Assign to me" needs no input and acts at once.
+
+Who may act is the user's Membership role on the anomaly's tenant, not a
+Django model permission: operators and tenant admins review, viewers look,
+superusers may do everything. Every change goes through
+``anomalies.services`` (a locked, conditional UPDATE + audit row), so when
+two operators act at once the second one gets a warning saying what the
+anomaly already is, never a second transition or an error page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+
+from anomalies.models import AnomalyStatus, CostAnomaly, ResolutionReason
+from anomalies.services import (
+    ACKNOWLEDGEABLE,
+    ASSIGNABLE,
+    ASSIGNEE_ROLES,
+    REOPENABLE,
+    RESOLVABLE,
+    InvalidTransition,
+    anomaly_acknowledge,
+    anomaly_assign,
+    anomaly_reopen,
+    anomaly_resolve,
+)
+from billing.admin.base import OPERATE_ROLES, request_actor, tenant_ids_acting_as
+from billing.audit import Actor
+from billing.charts import usd
+from billing.models import Membership
+
+# The Membership roles that may review anomalies (superusers always may).
+REVIEW_ROLES = OPERATE_ROLES
+
+
+class ReviewForm(forms.Form):
+    note = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        required=False,
+        help_text="Kept in the audit log with the change.",
+    )
+
+
+class ResolveForm(ReviewForm):
+    reason = forms.ChoiceField(choices=[("", "---------"), *ResolutionReason.choices])
+    field_order = ["reason", "note"]
+
+
+class ReopenForm(ReviewForm):
+    # The model keeps reasons for resolutions only: a reopening says why here.
+    note = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text="Why it needs another look; kept in the audit log.",
+    )
+
+
+class AssignForm(ReviewForm):
+    assignee = forms.ModelChoiceField(queryset=get_user_model().objects.none())
+    field_order = ["assignee", "note"]
+
+    def __init__(self, *args, tenant_ids: set[int], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["assignee"].queryset = colleagues(tenant_ids)
+
+
+def colleagues(tenant_ids: set[int]):
+    """Users who may review anomalies in every one of ``tenant_ids``."""
+    users = get_user_model().objects.filter(is_active=True).order_by("username")
+    for tenant_id in tenant_ids:
+        users = users.filter(
+            pk__in=Membership.objects.filter(
+                tenant_id=tenant_id, role__in=ASSIGNEE_ROLES
+            ).values("user_id")
+        )
+    return users
+
+
+@dataclass(frozen=True)
+class Review:
+    name: str  # the admin action's name, and the button's URL segment
+    label: str  # "Resolve"
+    past: str  # "resolved", for messages
+    done: str | None  # the status afterwards (None: unchanged)
+    allowed_from: tuple[str, ...]
+    form_class: type[ReviewForm]
+    # Calls the service for one anomaly with the form's cleaned data.
+    apply: Callable[[int, Actor, dict], CostAnomaly]
+
+
+REVIEWS = {
+    r.name: r
+    for r in [
+        Review(
+            "acknowledge",
+            "Acknowledge",
+            "acknowledged",
+            AnomalyStatus.ACKNOWLEDGED,
+            ACKNOWLEDGEABLE,
+            ReviewForm,
+            lambda pk, actor, data: anomaly_acknowledge(
+                anomaly_id=pk, actor=actor, note=data["note"]
+            ),
+        ),
+        Review(
+            "resolve",
+            "Resolve",
+            "resolved",
+            AnomalyStatus.RESOLVED,
+            RESOLVABLE,
+            ResolveForm,
+            lambda pk, actor, data: anomaly_resolve(
+                anomaly_id=pk, actor=actor, reason=data["reason"], note=data["note"]
+            ),
+        ),
+        Review(
+            "reopen",
+            "Reopen",
+            "reopened",
+            AnomalyStatus.OPEN,
+            REOPENABLE,
+            ReopenForm,
+            lambda pk, actor, data: anomaly_reopen(
+                anomaly_id=pk, actor=actor, note=data["note"]
+            ),
+        ),
+        Review(
+            "assign",
+            "Assign",
+            "assigned",
+            None,
+            ASSIGNABLE,
+            AssignForm,
+            lambda pk, actor, data: anomaly_assign(
+                anomaly_id=pk,
+                actor=actor,
+                assignee=data["assignee"],
+                note=data["note"],
+            ),
+        ),
+    ]
+}
+
+
+def review_tenant_ids(request: HttpRequest) -> set[int] | None:
+    """Tenants whose anomalies the user may review; None means every tenant."""
+    return tenant_ids_acting_as(request, REVIEW_ROLES)
+
+
+def count(n: int) -> str:
+    return f"{n} anomaly" if n == 1 else f"{n} anomalies"
+
+
+def refusal(review: Review, anomaly: CostAnomaly) -> str:
+    """Why a review did not happen, from the anomaly's current status."""
+    if anomaly.status == review.done:
+        return f"“{anomaly}” is already {anomaly.status}: left as it is."
+    return (
+        f"“{anomaly}” is {anomaly.status}: only an anomaly that is "
+        f"{' or '.join(review.allowed_from)} can be {review.past}."
+    )
+
+
+class ReviewActionsMixin:
+    """The review actions, their intermediate page and the change page buttons."""
+
+    review_template = "admin/anomalies/costanomaly/review_confirmation.html"
+
+    def has_review_permission(self, request: HttpRequest, obj=None) -> bool:
+        if not self.has_view_permission(request, obj):
+            return False
+        tenant_ids = review_tenant_ids(request)
+        if tenant_ids is None:
+            return True
+        return obj.tenant_id in tenant_ids if obj is not None else bool(tenant_ids)
+
+    def _check_review(self, request: HttpRequest, queryset: QuerySet) -> None:
+        """Every selected anomaly must be in a tenant the user reviews."""
+        tenant_ids = review_tenant_ids(request)
+        if (
+            tenant_ids is not None
+            and queryset.exclude(tenant_id__in=tenant_ids).exists()
+        ):
+            raise PermissionDenied
+
+    @admin.action(description="Acknowledge selected anomalies", permissions=["review"])
+    def acknowledge(self, request, queryset):
+        return self._review(request, queryset, REVIEWS["acknowledge"])
+
+    @admin.action(description="Resolve selected anomalies", permissions=["review"])
+    def resolve(self, request, queryset):
+        return self._review(request, queryset, REVIEWS["resolve"])
+
+    @admin.action(description="Reopen selected anomalies", permissions=["review"])
+    def reopen(self, request, queryset):
+        return self._review(request, queryset, REVIEWS["reopen"])
+
+    @admin.action(description="Assign selected anomalies to…", permissions=["review"])
+    def assign(self, request, queryset):
+        return self._review(request, queryset, REVIEWS["assign"])
+
+    @admin.action(description="Assign selected anomalies to me", permissions=["review"])
+    def assign_to_me(self, request, queryset) -> None:
+        self._check_review(request, queryset)
+        assigned = 0
+        for anomaly in queryset.select_related("tenant"):
+            try:
+                anomaly_assign(
+                    anomaly_id=anomaly.pk,
+                    actor=request_actor(request),
+                    assignee=request.user,
+                )
+                assigned += 1
+            except InvalidTransition:
+                anomaly.refresh_from_db()
+                self.message_user(
+                    request,
+                    f"“{anomaly}” is {anomaly.status}: not assigned.",
+                    messages.WARNING,
+                )
+        if assigned:
+            self.message_user(request, f"{count(assigned)} assigned to you.")
+
+    def _review(self, request, queryset, review: Review):
+        """The intermediate page on the first POST, the reviews on the second."""
+        self._check_review(request, queryset)
+        anomalies = list(queryset.select_related("tenant", "assignee"))
+        if not anomalies:
+            self.message_user(
+                request,
+                "None of the selected anomalies is yours to change.",
+                messages.WARNING,
+            )
+            return None
+        extra = {}
+        if review.form_class is AssignForm:
+            extra["tenant_ids"] = {a.tenant_id for a in anomalies}
+        form = review.form_class(
+            request.POST if request.POST.get("post") == "yes" else None, **extra
+        )
+        if not form.is_valid():
+            return self._render_review(request, review, anomalies, form)
+        done = 0
+        for anomaly in anomalies:
+            try:
+                review.apply(anomaly.pk, request_actor(request), form.cleaned_data)
+                done += 1
+            except InvalidTransition:
+                # Someone else got there first (or it was never valid):
+                # say what it is now, as the service's UPDATE saw it.
+                anomaly.refresh_from_db()
+                self.message_user(request, refusal(review, anomaly), messages.WARNING)
+        if done:
+            self.message_user(
+                request,
+                self._success(review, done, form.cleaned_data),
+                messages.SUCCESS,
+            )
+        return None
+
+    @staticmethod
+    def _success(review: Review, done: int, data: dict) -> str:
+        if review.name == "assign":
+            return f"Assigned {count(done)} to {data['assignee']}."
+        reason = data.get("reason")
+        why = f" ({ResolutionReason(reason).label})" if reason else ""
+        return f"{review.past.capitalize()} {count(done)}{why}."
+
+    def _render_review(self, request, review, anomalies, form) -> HttpResponse:
+        for anomaly in anomalies:
+            anomaly.money = (usd(anomaly.observed), usd(anomaly.expected))
+        changeable = [a for a in anomalies if a.status in review.allowed_from]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{review.label} cost anomalies",
+            "opts": self.opts,
+            "transition": review,
+            "form": form,
+            "changeable": changeable,
+            "unchanged": [a for a in anomalies if a not in changeable],
+            "anomalies": anomalies,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media + form.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.review_template, context)
+
+    # Change page buttons ---------------------------------------------------
+
+    def get_urls(self):
+        name = f"{self.opts.app_label}_{self.opts.model_name}_review"
+        return [
+            path(
+                "<int:object_id>/review/<slug:transition>/",
+                self.admin_site.admin_view(self.review_view),
+                name=name,
+            ),
+            *super().get_urls(),
+        ]
+
+    def review_view(self, request, object_id: int, transition: str):
+        """One anomaly through the same intermediate page as the bulk action."""
+        if transition not in REVIEWS:
+            raise Http404
+        queryset = self.get_queryset(request).filter(pk=object_id)
+        anomaly = queryset.first()
+        if anomaly is None:
+            raise Http404
+        if not self.has_review_permission(request, anomaly):
+            raise PermissionDenied
+        response = self._review(request, queryset, REVIEWS[transition])
+        if response is None:
+            return HttpResponseRedirect(
+                reverse("admin:anomalies_costanomaly_change", args=[anomaly.pk])
+            )
+        return response
+
+    def review_buttons(self, request, obj: CostAnomaly) -> list[dict]:
+        if not self.has_review_permission(request, obj):
+            return []
+        return [
+            {
+                "name": r.name,
+                "label": f"{r.label}…" if r.name == "assign" else r.label,
+                "url": reverse(
+                    "admin:anomalies_costanomaly_review", args=[obj.pk, r.name]
+                ),
+            }
+            for r in REVIEWS.values()
+            if obj.status in r.allowed_from
+        ]

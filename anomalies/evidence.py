@@ -1,0 +1,186 @@
+"""
+What an anomaly's page shows as evidence: the rule that fired and what its
+"expected" was made of, the scope's recent days, the traces behind it, the
+anomalies with the same cause, and the audit trail.
+
+Reads only, each a query or two for one anomaly, so the change page costs the
+same whatever the anomaly's history. The rule texts read the detectors'
+constants, so what the page says is what the detector did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+
+from django.db.models import QuerySet
+
+from anomalies import detectors
+from anomalies.models import AnomalyType, CostAnomaly
+from billing.models import AuditLog, CostSummary, UsageRecord
+
+CHART_DAYS = 28
+NAMED_PEERS = 5
+
+SCOPE_NOUNS = {
+    "project": "projects",
+    "agent": "agents",
+    "epic": "epics",
+    "user": "users",
+}
+
+
+@dataclass(frozen=True)
+class Explanation:
+    rule: str  # which rule fired, in a sentence
+    expected: str  # what the expected value is made of
+    peers: list[tuple[str, Decimal]]  # named peers (cohort rules), costliest first
+    peer_count: int
+
+
+def _same_scope(anomaly: CostAnomaly) -> QuerySet:
+    return CostSummary.objects.filter(
+        tenant_id=anomaly.tenant_id,
+        scope_type=anomaly.scope_type,
+        project_id=anomaly.project_id,
+        scope_id=anomaly.scope_id,
+    )
+
+
+def _group(anomaly: CostAnomaly) -> str:
+    noun = SCOPE_NOUNS[anomaly.scope_type]
+    if anomaly.project_id:
+        return f"the other {noun} of project {anomaly.project_id}"
+    return f"the tenant's other {noun}"
+
+
+def anomaly_explanation(*, anomaly: CostAnomaly) -> Explanation:
+    """The rule behind ``anomaly`` and the meaning of its expected value."""
+    day = anomaly.period_start
+    if anomaly.anomaly_type in (AnomalyType.HIGH_COST, AnomalyType.SUSPICIOUSLY_LOW):
+        peers = CostSummary.objects.filter(
+            tenant_id=anomaly.tenant_id,
+            scope_type=anomaly.scope_type,
+            project_id=anomaly.project_id,
+            period_start=day,
+        ).exclude(scope_id=anomaly.scope_id)
+        count = peers.count()
+        named = list(peers.order_by("-cost").values_list("scope_id", "cost"))
+        tenant = anomaly.tenant
+        if anomaly.anomaly_type == AnomalyType.HIGH_COST:
+            rule = (
+                f"Cost above {tenant.anomaly_high_ratio:g}x the peers' average "
+                "(cohort rule, the tenant's high threshold)."
+            )
+        else:
+            rule = (
+                f"Cost below {tenant.anomaly_low_ratio:g}x the peers' average "
+                "(cohort rule, the tenant's low threshold)."
+            )
+        return Explanation(
+            rule=rule,
+            expected=(
+                f"The average daily cost of {_group(anomaly)} that day "
+                f"({count} peer{'s' if count != 1 else ''})."
+            ),
+            peers=named[:NAMED_PEERS],
+            peer_count=count,
+        )
+    if anomaly.anomaly_type == AnomalyType.SPIKE_VS_BASELINE:
+        start = day - timedelta(days=detectors.BASELINE_DAYS)
+        days = (
+            _same_scope(anomaly)
+            .filter(period_start__gte=start, period_start__lt=day)
+            .count()
+        )
+        return Explanation(
+            rule=(
+                "Cost far above the scope's own history: more than "
+                f"{detectors.BASELINE_MIN_RATIO}x its median and more than "
+                f"{detectors.BASELINE_MAD_K} robust deviations above it "
+                "(baseline rule)."
+            ),
+            expected=(
+                f"The median of this {anomaly.scope_type}'s daily cost over the "
+                f"{days} day{'s' if days != 1 else ''} with cost in the "
+                f"{detectors.BASELINE_DAYS} days before."
+            ),
+            peers=[],
+            peer_count=0,
+        )
+    return Explanation(
+        rule=(
+            f"Steady cost on each of the {detectors.STEADY_DAYS} days before, "
+            "then none on this day (missing-data rule): usually usage that "
+            "stopped arriving, not savings."
+        ),
+        expected=(f"The average daily cost of those {detectors.STEADY_DAYS} days."),
+        peers=[],
+        peer_count=0,
+    )
+
+
+def scope_daily_costs(
+    *, anomaly: CostAnomaly, days: int = CHART_DAYS
+) -> list[tuple[date, Decimal]]:
+    """The scope's cost on each of ``days`` days up to the anomaly's, zero-filled."""
+    last = anomaly.period_start.date()
+    first = last - timedelta(days=days - 1)
+    costs = dict(
+        _same_scope(anomaly)
+        .filter(
+            period_start__gte=anomaly.period_start - timedelta(days=days - 1),
+            period_start__lte=anomaly.period_start,
+        )
+        .values_list("period_start__date", "cost")
+    )
+    return [
+        (first + timedelta(days=n), costs.get(first + timedelta(days=n), Decimal(0)))
+        for n in range(days)
+    ]
+
+
+def top_traces(*, anomaly: CostAnomaly) -> list[dict]:
+    """The anomaly's top traces with their ledger rows' ids, for links."""
+    traces = (anomaly.top_contributors or {}).get("traces") or []
+    ids = dict(
+        UsageRecord.objects.filter(
+            tenant_id=anomaly.tenant_id, trace_id__in=[t for t, _ in traces]
+        ).values_list("trace_id", "pk")
+    )
+    return [
+        {"trace_id": trace_id, "cost": Decimal(cost), "record_id": ids.get(trace_id)}
+        for trace_id, cost in traces
+    ]
+
+
+def top_models(*, anomaly: CostAnomaly) -> list[tuple[str, Decimal]]:
+    models = (anomaly.top_contributors or {}).get("models") or []
+    return [(model, Decimal(cost)) for model, cost in models]
+
+
+def related_anomalies(*, anomaly: CostAnomaly) -> QuerySet:
+    """The other anomalies of the tenant's day with the same cause."""
+    if not anomaly.cause:
+        return CostAnomaly.objects.none()
+    return (
+        CostAnomaly.objects.filter(
+            tenant_id=anomaly.tenant_id,
+            period_start=anomaly.period_start,
+            cause=anomaly.cause,
+        )
+        .exclude(pk=anomaly.pk)
+        .select_related("assignee")
+    )
+
+
+def audit_timeline(*, anomaly: CostAnomaly) -> QuerySet:
+    """Every audited change of the anomaly, oldest first."""
+    return (
+        AuditLog.objects.filter(
+            object_type=anomaly._meta.label_lower, object_id=str(anomaly.pk)
+        )
+        .select_related("actor")
+        .order_by("created_at", "id")
+    )
