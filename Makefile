@@ -31,7 +31,14 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 # Needs the Postgres and Redis of this machine running (.ci/run starts them).
+# tests/browser drive Debian's Chromium (Playwright may not download its own
+# browsers here): installed when missing, through sudo unless already root.
 test: lint
+	@test -x /usr/bin/chromium || { \
+		sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends chromium; }
 	$(BIN)/pytest --create-db
 
 # --fresh migrates a new demo database once the ports are known to be free.
