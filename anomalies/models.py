@@ -176,6 +176,10 @@ class CostAnomaly(TenantOwnedModel):
             models.Index(
                 fields=["assignee", "review_order"], name="cost_anomaly_assignee"
             ),
+            # The changelist's search by id: equality is leakproof, so it
+            # may use an index under row-level security (LIKE may not).
+            models.Index(fields=["scope_id"], name="cost_anomaly_scope_id"),
+            models.Index(fields=["project_id"], name="cost_anomaly_project_id"),
         ]
 
     def __str__(self) -> str:

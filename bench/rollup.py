@@ -170,10 +170,11 @@ TENANTS_SQL = """
         name, slug, status, stripe_customer_id, stripe_meter_event_name,
         meter_unit, langfuse_host, langfuse_public_key, langfuse_secret_key,
         sync_enabled, settle_seconds, sync_concurrency, sync_paused_reason,
+        overlap_seconds, max_running_seconds, scope_mapping, sync_problem,
         anomaly_high_ratio, anomaly_low_ratio, created_at, updated_at)
     SELECT 'Bench tenant ' || i, 'bench-' || i, 'active', 'cus_bench' || i,
            'llm_usage', 'micro_usd', 'https://cloud.langfuse.com', '', '',
-           true, 60, 4, '', 3, 0.1, now(), now()
+           true, 60, 4, '', 900, 3600, '{}', '', 3, 0.1, now(), now()
     FROM generate_series(1, %(tenants)s) i
 """
 
@@ -257,12 +258,12 @@ RECORDS_SQL = f"""
     INSERT INTO billing_usagerecord (
         tenant_id, trace_id, trace_timestamp, last_activity_at, project_id,
         agent_id, epic_id, user_id, input_tokens, output_tokens, cached_tokens,
-        cost, model_breakdown, observations, price_source, content_hash,
-        status, skip_reason, report_id, created_at, updated_at)
+        cost, model_breakdown, observations, running, price_source,
+        content_hash, status, skip_reason, report_id, created_at, updated_at)
     SELECT tenant_id, trace_id, at, at + interval '40 seconds',
            'proj-' || p, 'agent-' || a, epic_id, user_id,
            in1 + in2 + in3, out1 + out2 + out3, ca1 + ca2 + ca3, c1 + c2 + c3,
-           {BREAKDOWN}, {OBSERVATIONS},
+           {BREAKDOWN}, {OBSERVATIONS}, '{{}}',
            'price_table', md5(trace_id), 'reported', '', report_id,
            %(created)s, %(created)s
     FROM (

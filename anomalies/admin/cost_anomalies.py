@@ -20,7 +20,7 @@ from decimal import Decimal
 
 from django.contrib import admin
 from django.contrib.auth import get_user_model
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.urls import reverse
@@ -42,7 +42,7 @@ from billing.admin.base import (
 )
 from billing.admin.exports import CsvExportAdminMixin
 from billing.charts import daily_cost_chart, usd
-from billing.models import AuditLog
+from billing.models import AuditLog, Tenant
 
 # A scope id in a list row; the whole one is on the anomaly's page.
 SCOPE_CHARS = 40
@@ -130,8 +130,8 @@ class CostAnomalyAdmin(
         ("period_start", DateRangeQuickSelectListFilterBuilder(title="day")),
         IncidentFilter,
     ]
-    search_fields = ["scope_id", "project_id", "tenant__name"]
-    search_help_text = "Scope id, project id or tenant name."
+    search_fields = ["scope_id", "project_id"]
+    search_help_text = "A scope or project id (or part of one), or a tenant's name."
     list_select_related = ["tenant", "assignee"]
     # Counted up to 10,000 matches, and the table's total never.
     paginator = CappedPaginator
@@ -231,6 +231,32 @@ class CostAnomalyAdmin(
             {"object_type": anomaly._meta.label_lower, "object_id": anomaly.pk}
         )
         return HttpResponseRedirect(f"{url}?{query}")
+
+    def get_search_results(self, request: HttpRequest, queryset, search_term: str):
+        """
+        A scope or project id (whole, through their indexes; any part of one
+        when no id matches whole), or a tenant's name, looked up among the
+        user's tenants first.
+
+        Under row-level security Postgres may use an index only for
+        leakproof operators: equality is, LIKE is not. A search for a part
+        of an id reads every row the user may see (0.7 s at 1M for a
+        superuser), so it runs only when the whole-id search found nothing.
+        """
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        match = Q(scope_id=term) | Q(project_id=term)
+        if not queryset.filter(match).exists():
+            match = Q(scope_id__icontains=term) | Q(project_id__icontains=term)
+        tenants = Tenant.objects.filter(name__icontains=term)
+        tenant_ids = getattr(request, "tenant_ids", [])
+        if tenant_ids is not None:
+            tenants = tenants.filter(pk__in=tenant_ids)
+        named = list(tenants.values_list("pk", flat=True))
+        if named:
+            match |= Q(tenant_id__in=named)
+        return queryset.filter(match), False
 
     # List columns ----------------------------------------------------------
 

@@ -6,16 +6,11 @@ superuser, and an operator of another tenant. Real Postgres, Django's test
 client, the real services; no mocks.
 """
 
-import html
-import re
-import threading
-import time
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -26,6 +21,7 @@ from billing.audit import Actor
 from billing.models import AuditLog, Membership
 from tests.anomalies.conftest import TODAY
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
+from tests.races import race_on_row
 
 pytestmark = pytest.mark.django_db
 
@@ -321,22 +317,6 @@ def test_a_second_resolve_is_one_resolution_and_an_already_resolved_message(
     assert [a.note for a in review_audits(anomaly)] == ["first"]
 
 
-def wait_for_lock_waiters(count: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    with connection.cursor() as cursor:
-        while time.monotonic() < deadline:
-            # Inside a transaction the activity view is a snapshot: refresh it.
-            cursor.execute("SELECT pg_stat_clear_snapshot()")
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            if cursor.fetchone()[0] >= count:
-                return
-            time.sleep(0.05)
-    raise AssertionError(f"{count} requests never waited on the row lock")
-
-
 @pytest.mark.django_db(transaction=True)
 def test_two_operators_resolving_at_once_make_one_transition():
     tenant = TenantFactory()
@@ -346,37 +326,15 @@ def test_two_operators_resolving_at_once_make_one_transition():
         client = Client()
         client.force_login(staff(tenant, "operator"))
         clients.append(client)
-    messages = []
 
-    def resolve(client):
-        try:
-            response = confirm(client, "resolve", [anomaly])
-            # From the page itself: the test client's captured contexts are
-            # shared between threads.
-            messages.extend(
-                html.unescape(m)
-                for m in re.findall(
-                    r'<li class="(?:success|warning)">(.*?)</li>',
-                    response.content.decode(),
-                )
-            )
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=resolve, args=(c,)) for c in clients]
-    # Hold the row so that both requests have read it as open and wait at
-    # their conditional UPDATE: a real race, every run.
-    with transaction.atomic():
-        CostAnomaly.objects.select_for_update().get(pk=anomaly.pk)
-        for thread in threads:
-            thread.start()
-        wait_for_lock_waiters(2)
-    for thread in threads:
-        thread.join()
+    said = race_on_row(
+        CostAnomaly.objects.filter(pk=anomaly.pk),
+        [lambda c=c: confirm(c, "resolve", [anomaly]) for c in clients],
+    )
 
     assert AuditLog.objects.filter(action="anomaly.resolve").count() == 1
     assert CostAnomaly.objects.get().status == "resolved"
-    assert sorted(messages) == [
+    assert said == [
         "Resolved 1 anomaly (Expected usage).",
         f"“{anomaly}” is already resolved: left as it is.",
     ]

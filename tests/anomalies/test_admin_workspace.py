@@ -25,7 +25,7 @@ from anomalies.detectors import Finding
 from anomalies.models import CostAnomaly
 from anomalies.services import anomalies_record, anomaly_assign, anomaly_resolve
 from billing.audit import Actor
-from billing.models import Membership, UsageRecord
+from billing.models import Membership, Tenant, UsageRecord
 from tests.anomalies.conftest import TODAY
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
 
@@ -349,13 +349,36 @@ def test_the_queue_counts_no_further_than_its_cap(
 ):
     monkeypatch.setattr(CappedPaginator, "cap", 5)
     monkeypatch.setattr(CostAnomalyAdmin, "list_per_page", 2)
+    Tenant.objects.filter(pk=tenant.pk).update(name="Acme")  # no digit in it
     _anomalies(tenant, 12)
     client.force_login(superuser)
 
     everything = client.get(reverse(CHANGELIST)).content.decode()
-    few = client.get(reverse(CHANGELIST), {"q": "a1"}).content.decode()
+    few = client.get(reverse(CHANGELIST), {"q": "1"}).content.decode()
+    one = client.get(reverse(CHANGELIST), {"q": "a1"}).content.decode()
 
     assert "more than 5 cost anomalies: filter to narrow them down" in everything
     assert "Select all matching cost anomalies (more than 5)" in everything
-    # a1, a10 and a11: counted exactly below the cap.
+    # a1, a10 and a11: counted exactly below the cap. A whole id is found
+    # as itself, not as the start of others.
     assert "3 results" in few and "3 cost anomalies" in few
+    assert "1 result" in one
+
+
+def test_search_keeps_the_filters_and_names_only_the_users_tenants(
+    client, tenant, incident
+):
+    TenantFactory(name=f"{tenant.name} Secret Twin")
+    operator = staff(tenant, Membership.Role.OPERATOR)
+    client.force_login(operator)
+
+    def listed(**params):
+        response = client.get(reverse(CHANGELIST), params)
+        return {
+            (a.anomaly_type, a.scope_type) for a in response.context["cl"].result_list
+        }
+
+    assert listed(q="bo") == {("high_cost", "agent"), ("spike_vs_baseline", "agent")}
+    assert listed(q="WE", anomaly_type__exact="high_cost") == {("high_cost", "agent")}
+    assert len(listed(q=tenant.name, scope_type__exact="user")) == 1
+    assert listed(q="Secret Twin") == set()

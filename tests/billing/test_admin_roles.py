@@ -5,16 +5,11 @@ suspends, activates and resumes the tenant. The actions check the role in
 the selected rows' tenants, not only a Django model permission.
 """
 
-import html
 import json
-import re
-import threading
-import time
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
 
@@ -33,6 +28,7 @@ from billing.models import (
 )
 from billing.services import STATUS_REASONS, TenantStatusReason
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
+from tests.races import race_on_row
 
 pytestmark = pytest.mark.django_db
 
@@ -429,22 +425,6 @@ def test_a_second_admin_confirming_later_gets_told_and_changes_nothing(
     assert [e.note for e in _audit("tenant.suspend")] == ["first"]
 
 
-def _wait_for_lock_waiters(count: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    with connection.cursor() as cursor:
-        while time.monotonic() < deadline:
-            # Inside a transaction the activity view is a snapshot: refresh it.
-            cursor.execute("SELECT pg_stat_clear_snapshot()")
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            if cursor.fetchone()[0] >= count:
-                return
-            time.sleep(0.05)
-    raise AssertionError(f"{count} requests never waited on the row lock")
-
-
 @pytest.mark.django_db(transaction=True)
 def test_two_admins_suspending_at_once_make_one_transition():
     tenant = TenantFactory()
@@ -453,37 +433,18 @@ def test_two_admins_suspending_at_once_make_one_transition():
         client = Client()
         client.force_login(_staff(tenant, "admin"))
         clients.append(client)
-    said = []
 
-    def suspend(client):
-        try:
-            response = _confirm(client, "suspend", [tenant], reason="abuse", note="x")
-            # From the page itself: the test client's captured contexts are
-            # shared between threads.
-            said.extend(
-                html.unescape(m)
-                for m in re.findall(
-                    r'<li class="(?:success|warning)">(.*?)</li>',
-                    response.content.decode(),
-                )
-            )
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=suspend, args=(c,)) for c in clients]
-    # Hold the row so that both requests have read the tenant as active and
-    # wait at the service's conditional UPDATE: a real race, every run.
-    with transaction.atomic():
-        Tenant.objects.select_for_update().get(pk=tenant.pk)
-        for thread in threads:
-            thread.start()
-        _wait_for_lock_waiters(2)
-    for thread in threads:
-        thread.join()
+    said = race_on_row(
+        Tenant.objects.filter(pk=tenant.pk),
+        [
+            lambda c=c: _confirm(c, "suspend", [tenant], reason="abuse", note="x")
+            for c in clients
+        ],
+    )
 
     assert Tenant.objects.get(pk=tenant.pk).status == "suspended"
     assert AuditLog.objects.filter(action="tenant.suspend").count() == 1
-    assert sorted(said) == [
+    assert said == [
         "Suspended 1 tenant (Abuse or security concern).",
         f"Tenant {tenant.name} ({tenant.slug}) is already suspended: left as it is.",
     ]
