@@ -66,7 +66,9 @@ def anomaly_explanation(*, anomaly: CostAnomaly) -> Explanation:
             period_start=day,
         ).exclude(scope_id=anomaly.scope_id)
         count = peers.count()
-        named = list(peers.order_by("-cost").values_list("scope_id", "cost"))
+        named = list(
+            peers.order_by("-cost").values_list("scope_id", "cost")[:NAMED_PEERS]
+        )
         tenant = anomaly.tenant
         if anomaly.anomaly_type == AnomalyType.HIGH_COST:
             rule = (
@@ -84,7 +86,7 @@ def anomaly_explanation(*, anomaly: CostAnomaly) -> Explanation:
                 f"The average daily cost of {_group(anomaly)} that day "
                 f"({count} peer{'s' if count != 1 else ''})."
             ),
-            peers=named[:NAMED_PEERS],
+            peers=named,
             peer_count=count,
         )
     if anomaly.anomaly_type == AnomalyType.SPIKE_VS_BASELINE:

@@ -70,8 +70,9 @@ def _day_bounds(day: date) -> tuple[datetime, datetime]:
 def top_contributors(finding: Finding, day: date) -> dict:
     """
     The models and traces that made the day's cost; for missing data, the
-    models of the scope's last summary (what stopped arriving). One finding:
-    detection reads a whole day's with ``top_contributors_for``.
+    models of the scope's last summary (what stopped arriving). The reference
+    answer for one finding, which the tests and bench/admin.py hold the
+    set-based ``top_contributors_for`` (what detection uses) to.
     """
     summaries = CostSummary.objects.for_tenant(finding.tenant_id).filter(
         scope_type=finding.scope_type,

@@ -9,8 +9,8 @@ unpack row by row. The scope usage is kept current by the ledger's triggers
 in the same statement as every ledger write, has the model as a column, and
 is the rollup's own input, so these numbers are the summaries' numbers once
 a day is rolled up. A 90-day page reads the days' rows of the chosen tenants
-through its unique key (day, tenant, scope type, ...): a few grouped queries,
-whatever the ledger's size.
+through the (scope type, tenant, day) index: a few grouped queries, whatever
+the ledger's size.
 
 How the scope usage counts (``billing.scope_usage``):
 
@@ -111,8 +111,8 @@ def cost_period(*, days: int, end: date | None = None) -> tuple[date, date]:
 def _usage(
     *, tenant_ids: Collection[int], start: date, end: date, scope_type: str
 ) -> models.QuerySet:
-    # The filter every read here starts from, in the order of the unique
-    # key's columns (day, tenant, scope type) that serves it.
+    # The filter every read here starts from: the (scope type, tenant, day)
+    # index serves it.
     return DailyScopeUsage.objects.filter(
         day__gte=start,
         day__lte=end,

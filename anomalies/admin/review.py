@@ -8,8 +8,8 @@ service once per anomaly. The change page offers the reviews valid for the
 anomaly's status as buttons that lead to the same form for that one anomaly.
 "Assign to me" needs no input and acts at once.
 
-Who may act is the user's Membership role on the anomaly's tenant, not a
-Django model permission: operators and tenant admins review, viewers look,
+Who may act is the user's Membership role on the anomaly's tenant, on top
+of the model's view permission: operators and tenant admins review, viewers look,
 superusers may do everything. Every change goes through
 ``anomalies.services`` (a locked, conditional UPDATE + audit row), so when
 two operators act at once the second one gets a warning saying what the
@@ -237,6 +237,8 @@ class ReviewActionsMixin:
                     f"“{anomaly}” is {anomaly.status}: not assigned.",
                     messages.WARNING,
                 )
+            except ValueError as exc:  # the role went away meanwhile
+                self.message_user(request, str(exc), messages.WARNING)
         if assigned:
             self.message_user(request, f"{count(assigned)} assigned to you.")
 
@@ -269,6 +271,8 @@ class ReviewActionsMixin:
                 # say what it is now, as the service's UPDATE saw it.
                 anomaly.refresh_from_db()
                 self.message_user(request, refusal(review, anomaly), messages.WARNING)
+            except ValueError as exc:  # an assignee who lost the role meanwhile
+                self.message_user(request, str(exc), messages.WARNING)
         if done:
             self.message_user(
                 request,

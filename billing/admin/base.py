@@ -63,8 +63,10 @@ class TenantFilter(admin.SimpleListFilter):
     def queryset(self, request, queryset) -> QuerySet:
         if self.value() is None:
             return queryset
-        # Facet counts pass the lookups' own (int) values.
-        if not str(self.value()).isdigit():
+        # Facet counts pass the lookups' own (int) values; str.isdigit() alone
+        # takes "²", which int() refuses.
+        value = str(self.value())
+        if not (value.isascii() and value.isdigit()):
             raise IncorrectLookupParameters(f"Not a tenant: {self.value()!r}")
         return queryset.filter(**{self.tenant_field: self.value()})
 

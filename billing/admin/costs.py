@@ -254,7 +254,7 @@ class CostSummaryAdmin(
         # The object-tools link keeps the changelist's tenant filter.
         url = reverse("admin:billing_costsummary_over_time")
         tenant = request.GET.get(TenantFilter.parameter_name, "")
-        if tenant.isdigit():
+        if tenant.isascii() and tenant.isdigit():
             url += f"?tenant={tenant}"
         extra_context = {**(extra_context or {}), "cost_over_time_url": url}
         return super().changelist_view(request, extra_context)
@@ -274,7 +274,7 @@ class CostSummaryAdmin(
         if params.get("tenant"):
             value = params["tenant"]
             # Another tenant's page does not exist, for this user.
-            if not value.isdigit() or int(value) not in by_id:
+            if not (value.isascii() and value.isdigit()) or int(value) not in by_id:
                 raise Http404("No such tenant.")
             tenant = by_id[int(value)]
         windows = [str(days) for days in COST_WINDOWS]

@@ -43,8 +43,6 @@ class UsageRecordAdmin(
     date_hierarchy = "trace_timestamp"
     list_select_related = ["tenant"]
     show_full_result_count = False
-    # The changelist's own default, stated so that the autocomplete of
-    # adjustments' records pages in a stable order too.
     ordering = ["-pk"]
 
     @admin.display(description="Cost", ordering="cost")

@@ -326,7 +326,8 @@ class TenantAdmin(OfferedActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAd
                 resumed += 1
             except InvalidTransition as exc:
                 self.message_user(request, str(exc), messages.WARNING)
-        self.message_user(request, f"Sync resumed for {resumed} tenant(s).")
+        if resumed:
+            self.message_user(request, f"Sync resumed for {resumed} tenant(s).")
 
 
 @admin.register(Membership)
@@ -378,10 +379,9 @@ class MemberUserAdmin(UserAdmin):
     """
     Django's user admin, showing staff only the members of their tenants.
 
-    It answers the user autocomplete of memberships and the audit log's
-    actors (``/admin/autocomplete/?...&field_name=user``), which would
-    otherwise list every user of the platform to any staff user allowed to
-    view users.
+    It answers the user autocomplete of memberships
+    (``/admin/autocomplete/?...&field_name=user``), which would otherwise
+    list every user of the platform to any staff user allowed to view users.
     """
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:

@@ -382,3 +382,36 @@ def test_search_keeps_the_filters_and_names_only_the_users_tenants(
     assert listed(q="WE", anomaly_type__exact="high_cost") == {("high_cost", "agent")}
     assert len(listed(q=tenant.name, scope_type__exact="user")) == 1
     assert listed(q="Secret Twin") == set()
+
+
+@pytest.mark.parametrize("value", ["%C2%B2", "abc", "-1"])
+def test_a_tenant_filter_value_that_is_not_an_id_is_an_error_not_a_crash(
+    client, superuser, incident, value
+):
+    client.force_login(superuser)
+
+    response = client.get(f"{reverse(CHANGELIST)}?tenant={value}")
+
+    # Django's own answer to bad lookup parameters: the list, flagged ?e=1.
+    assert response.status_code == 302 and response["Location"].endswith("?e=1")
+
+
+def test_a_colleague_who_lost_the_reviewer_role_is_refused_by_the_form(
+    client, tenant, incident
+):
+    operator = staff(tenant, Membership.Role.OPERATOR)
+    leaving = staff(tenant, Membership.Role.OPERATOR)
+    anomaly = incident[("high_cost", "agent")]
+    client.force_login(operator)
+    Membership.objects.filter(user=leaving).update(role=Membership.Role.VIEWER)
+
+    response = client.post(
+        reverse(CHANGELIST),
+        {"action": "assign", "_selected_action": [anomaly.pk], "post": "yes",
+         "assignee": leaving.pk},
+        follow=True,
+    )  # fmt: skip
+
+    anomaly.refresh_from_db()
+    assert response.status_code == 200 and anomaly.assignee is None
+    assert response.context["form"].errors["assignee"]

@@ -449,6 +449,7 @@ def test_staff_see_only_their_tenant(client, usage, member, role, frozen):
 
     assert get(client, tenant=other.pk).status_code == 404
     assert get(client, tenant="x").status_code == 404
+    assert get(client, tenant="\u00b2").status_code == 404  # a digit to isdigit()
     assert get(client, tenant=other.pk, format="csv").status_code == 404
     breakdown = csv_of(get(client, format="csv", table="breakdown"))
     assert "secret-project" not in str(breakdown)
