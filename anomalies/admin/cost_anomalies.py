@@ -39,10 +39,11 @@ from billing.admin.base import (
     ReadOnlyAdminMixin,
     TenantFilter,
     TenantScopedAdminMixin,
+    request_tenants,
 )
 from billing.admin.exports import CsvExportAdminMixin
 from billing.charts import daily_cost_chart, usd
-from billing.models import AuditLog, Tenant
+from billing.models import AuditLog
 
 # A scope id in a list row; the whole one is on the anomaly's page.
 SCOPE_CHARS = 40
@@ -249,10 +250,7 @@ class CostAnomalyAdmin(
         match = Q(scope_id=term) | Q(project_id=term)
         if not queryset.filter(match).exists():
             match = Q(scope_id__icontains=term) | Q(project_id__icontains=term)
-        tenants = Tenant.objects.filter(name__icontains=term)
-        tenant_ids = getattr(request, "tenant_ids", [])
-        if tenant_ids is not None:
-            tenants = tenants.filter(pk__in=tenant_ids)
+        tenants = request_tenants(request).filter(name__icontains=term)
         named = list(tenants.values_list("pk", flat=True))
         if named:
             match |= Q(tenant_id__in=named)

@@ -302,6 +302,7 @@ class ReviewActionsMixin:
             "changeable": changeable,
             "unchanged": [a for a in anomalies if a not in changeable],
             "anomalies": anomalies,
+            "submit_label": f"{review.label} {count(len(changeable))}",
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             "media": self.media + form.media,
         }

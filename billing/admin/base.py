@@ -37,6 +37,17 @@ class TenantScopedAdminMixin:
         return queryset.filter(**{f"{self.tenant_field}__in": tenant_ids})
 
 
+def request_tenants(request: HttpRequest) -> QuerySet:
+    """
+    The tenants the request's user may see. The tenant table has no
+    row-level security, so every list of tenant names starts here.
+    """
+    tenant_ids = getattr(request, "tenant_ids", [])
+    if tenant_ids is None:
+        return Tenant.objects.all()
+    return Tenant.objects.filter(pk__in=tenant_ids)
+
+
 class TenantFilter(admin.SimpleListFilter):
     """
     "By tenant", listing only the user's tenants.
@@ -54,10 +65,7 @@ class TenantFilter(admin.SimpleListFilter):
         super().__init__(request, params, model, model_admin)
 
     def lookups(self, request, model_admin) -> list[tuple[int, str]]:
-        tenants = Tenant.objects.order_by("name")
-        tenant_ids = getattr(request, "tenant_ids", [])
-        if tenant_ids is not None:
-            tenants = tenants.filter(pk__in=tenant_ids)
+        tenants = request_tenants(request).order_by("name")
         return list(tenants.values_list("pk", "name"))
 
     def queryset(self, request, queryset) -> QuerySet:

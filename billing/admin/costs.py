@@ -33,6 +33,7 @@ from billing.admin.base import (
     ReadOnlyAdminMixin,
     TenantFilter,
     TenantScopedAdminMixin,
+    request_tenants,
 )
 from billing.admin.exports import CsvExportAdminMixin, csv_response
 from billing.charts import CENT, daily_cost_chart, usd
@@ -262,10 +263,7 @@ class CostSummaryAdmin(
     def cost_over_time_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        tenant_ids = getattr(request, "tenant_ids", [])
-        tenants = Tenant.objects.only("pk", "name", "slug").order_by("name")
-        if tenant_ids is not None:
-            tenants = tenants.filter(pk__in=tenant_ids)
+        tenants = request_tenants(request).only("pk", "name", "slug").order_by("name")
         by_id = {t.pk: t for t in tenants}
         names = {pk: t.name for pk, t in by_id.items()}
 
@@ -316,7 +314,7 @@ class CostSummaryAdmin(
             csv_links[table] = f"?{query.urlencode()}"
 
         subject = tenant.name if tenant else "All your tenants"
-        if tenant_ids is None and not tenant:
+        if getattr(request, "tenant_ids", []) is None and not tenant:
             subject = "All tenants"
         totals = cost_totals(daily=daily)
         context = {
