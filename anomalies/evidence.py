@@ -72,19 +72,23 @@ def anomaly_explanation(*, anomaly: CostAnomaly) -> Explanation:
         tenant = anomaly.tenant
         if anomaly.anomaly_type == AnomalyType.HIGH_COST:
             rule = (
-                f"Cost above {tenant.anomaly_high_ratio:g}x the peers' average "
-                "(cohort rule, the tenant's high threshold)."
+                f"Cost above {tenant.anomaly_high_ratio:g}x the group's median "
+                "(cohort rule, the tenant's high threshold), and above "
+                f"{tenant.anomaly_high_ratio:g}x this {anomaly.scope_type}'s own "
+                "usual day where it has the history."
             )
         else:
             rule = (
-                f"Cost below {tenant.anomaly_low_ratio:g}x the peers' average "
-                "(cohort rule, the tenant's low threshold)."
+                f"Cost below {tenant.anomaly_low_ratio:g}x the group's median "
+                "(cohort rule, the tenant's low threshold), and under "
+                f"1/{detectors.BASELINE_MIN_RATIO} of this {anomaly.scope_type}'s "
+                "own usual day."
             )
         return Explanation(
             rule=rule,
             expected=(
-                f"The average daily cost of {_group(anomaly)} that day "
-                f"({count} peer{'s' if count != 1 else ''})."
+                f"The median daily cost of this {anomaly.scope_type} and "
+                f"{_group(anomaly)} that day ({count} peer{'s' if count != 1 else ''})."
             ),
             peers=named,
             peer_count=count,
@@ -99,14 +103,30 @@ def anomaly_explanation(*, anomaly: CostAnomaly) -> Explanation:
         return Explanation(
             rule=(
                 "Cost far above the scope's own history: more than "
-                f"{detectors.BASELINE_MIN_RATIO}x its median and more than "
-                f"{detectors.BASELINE_MAD_K} robust deviations above it "
+                f"{detectors.BASELINE_MIN_RATIO}x what is expected and more than "
+                f"{detectors.BASELINE_MAD_K} robust deviations above its median "
                 "(baseline rule)."
             ),
             expected=(
                 f"The median of this {anomaly.scope_type}'s daily cost over the "
                 f"{days} day{'s' if days != 1 else ''} with cost in the "
-                f"{detectors.BASELINE_DAYS} days before."
+                f"{detectors.BASELINE_DAYS} days before (a partial first day left "
+                f"out), or of the same weekday in the last {detectors.WEEKS} weeks "
+                "when that is higher."
+            ),
+            peers=[],
+            peer_count=0,
+        )
+    if anomaly.anomaly_type == AnomalyType.EXPENSIVE_TRACE:
+        return Explanation(
+            rule=(
+                f"One trace cost more than {anomaly.tenant.anomaly_trace_factor:g}x "
+                "this agent's recent 95th-percentile trace (expensive-trace "
+                "rule): a runaway loop or an oversized request."
+            ),
+            expected=(
+                "The 95th-percentile trace cost of this agent: the median of its "
+                f"daily values over the {detectors.TRACE_DAYS} days before."
             ),
             peers=[],
             peer_count=0,
@@ -163,15 +183,11 @@ def top_models(*, anomaly: CostAnomaly) -> list[tuple[str, Decimal]]:
 
 
 def related_anomalies(*, anomaly: CostAnomaly) -> QuerySet:
-    """The other anomalies of the tenant's day with the same cause."""
-    if not anomaly.cause:
+    """The other members of the anomaly's incident."""
+    if anomaly.incident_id is None:
         return CostAnomaly.objects.none()
     return (
-        CostAnomaly.objects.filter(
-            tenant_id=anomaly.tenant_id,
-            period_start=anomaly.period_start,
-            cause=anomaly.cause,
-        )
+        CostAnomaly.objects.filter(incident_id=anomaly.incident_id)
         .exclude(pk=anomaly.pk)
         .select_related("assignee")
     )

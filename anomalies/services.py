@@ -5,11 +5,14 @@ Review actions (acknowledge, resolve, reopen) are conditional UPDATEs, so two
 operators clicking at once change an anomaly once. Detection results go
 through ``anomalies_record``: new findings are created, open ones updated in
 place, and resolved ones left alone unless the numbers got materially worse.
+The incident actions review every member of an incident through the same
+anomaly actions, so each member's change is audited as its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
@@ -18,7 +21,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from anomalies.detectors import Finding
-from anomalies.models import AnomalyStatus, AnomalyType, CostAnomaly, ResolutionReason
+from anomalies.incidents import incident_refresh, incidents_group
+from anomalies.models import (
+    AnomalyStatus,
+    AnomalyType,
+    CostAnomaly,
+    Incident,
+    ResolutionReason,
+)
 from anomalies.selectors import top_contributors_for
 from billing.audit import Actor, audit_log_write
 from billing.models import Membership
@@ -76,7 +86,9 @@ def _transition(
     note: str = "",
 ) -> CostAnomaly:
     # Locked: a concurrent transition waits, and then this one reads (and
-    # says) the status it left, not the one before it.
+    # says) the status it left, not the one before it. Its incident first,
+    # as the incident actions lock them, so that the two cannot deadlock.
+    _lock_incident_of(anomaly_id)
     before = CostAnomaly.objects.select_for_update().get(pk=anomaly_id)
     updated = CostAnomaly.objects.filter(
         pk=anomaly_id, status__in=list(allowed)
@@ -86,6 +98,7 @@ def _transition(
             f"Cannot {action.split('.')[-1]} an anomaly that is {before.status}."
         )
     anomaly = CostAnomaly.objects.get(pk=anomaly_id)
+    incident_refresh(anomaly.incident_id)
     after = _snapshot(anomaly)
     if anomaly.resolution_reason:
         after["resolution_reason"] = anomaly.resolution_reason
@@ -99,6 +112,16 @@ def _transition(
         note=note,
     )
     return anomaly
+
+
+def _lock_incident_of(anomaly_id: int) -> None:
+    incident_id = (
+        CostAnomaly.objects.filter(pk=anomaly_id)
+        .values_list("incident_id", flat=True)
+        .first()
+    )
+    if incident_id is not None:
+        list(Incident.objects.select_for_update().filter(pk=incident_id))
 
 
 @transaction.atomic
@@ -225,15 +248,24 @@ def anomalies_record(
     Write one day's findings. New: created open. Open or acknowledged: numbers
     updated in place (audited when they change). Resolved: untouched, unless
     the severity is MATERIAL_WORSENING times what it was when resolved; then
-    reopened with an audited note saying so.
+    reopened with an audited note saying so. Last, the day's anomalies of
+    the findings' tenants are grouped into incidents.
     """
     start = datetime.combine(day, time.min, tzinfo=UTC)
     now = timezone.now()
     result = RecordResult()
+    tenant_ids = {f.tenant_id for f in findings}
+    # The day's incidents before its anomalies: the order the review
+    # actions lock them in.
+    list(
+        Incident.objects.filter(
+            period_start=start, tenant_id__in=tenant_ids
+        ).select_for_update()
+    )
     existing = {
         _key(a.tenant_id, a.scope_type, a.project_id, a.scope_id, a.anomaly_type): a
         for a in CostAnomaly.objects.filter(
-            period_start=start, tenant_id__in={f.tenant_id for f in findings}
+            period_start=start, tenant_id__in=tenant_ids
         ).select_for_update()
     }
     # What to write is decided first: the top contributors of all of it are
@@ -331,4 +363,120 @@ def anomalies_record(
             after=_snapshot(anomaly),
             note=note,
         )
+    ungrouped = CostAnomaly.objects.filter(
+        period_start=start, tenant_id__in=tenant_ids, incident__isnull=True
+    )
+    # Grouping reads the day's ledger; a re-run that changed nothing, on a
+    # day already grouped, has nothing to regroup.
+    if writes or ungrouped.exists():
+        incidents_group(period_start=start, tenant_ids=tenant_ids)
     return result
+
+
+@dataclass
+class IncidentReviewResult:
+    """The members an incident action changed, and those it left alone."""
+
+    incident: Incident
+    changed: list[int] = field(default_factory=list)
+    unchanged: list[int] = field(default_factory=list)
+
+
+def _incident_review(
+    *,
+    incident_id: int,
+    actor: Actor,
+    action: str,
+    allowed: Iterable[str],
+    member_action: Callable[[int], CostAnomaly],
+    note: str = "",
+    details: dict | None = None,
+) -> IncidentReviewResult:
+    # The incident first, then its members (each through its own service, so
+    # that every member's change is audited as its own).
+    incident = Incident.objects.select_for_update().get(pk=incident_id)
+    before = {"status": incident.status, "anomalies": incident.anomaly_count}
+    result = IncidentReviewResult(incident)
+    members = (
+        CostAnomaly.objects.filter(incident_id=incident_id)
+        .order_by("pk")
+        .values_list("pk", "status")
+    )
+    for pk, status in members:
+        if status in allowed:
+            member_action(pk)
+            result.changed.append(pk)
+        else:
+            result.unchanged.append(pk)
+    if not result.changed:
+        raise InvalidTransition(
+            f"Cannot {action.split('.')[-1]} an incident that is {incident.status}."
+        )
+    incident.refresh_from_db()
+    audit_log_write(
+        actor=actor,
+        action=action,
+        obj=incident,
+        tenant=incident.tenant,
+        before=before,
+        after={
+            "status": incident.status,
+            "anomalies": incident.anomaly_count,
+            "changed": result.changed,
+            **(details or {}),
+        },
+        note=note,
+    )
+    return result
+
+
+@transaction.atomic
+def incident_acknowledge(
+    *, incident_id: int, actor: Actor, note: str = ""
+) -> IncidentReviewResult:
+    """Acknowledge every open member of an incident."""
+    return _incident_review(
+        incident_id=incident_id,
+        actor=actor,
+        action="incident.acknowledge",
+        allowed=ACKNOWLEDGEABLE,
+        member_action=lambda pk: anomaly_acknowledge(
+            anomaly_id=pk, actor=actor, note=note
+        ),
+        note=note,
+    )
+
+
+@transaction.atomic
+def incident_resolve(
+    *, incident_id: int, actor: Actor, reason: str, note: str = ""
+) -> IncidentReviewResult:
+    """Resolve every open or acknowledged member with one reason."""
+    if reason not in ResolutionReason.values:
+        raise ValueError(f"Unknown resolution reason: {reason!r}")
+    return _incident_review(
+        incident_id=incident_id,
+        actor=actor,
+        action="incident.resolve",
+        allowed=RESOLVABLE,
+        member_action=lambda pk: anomaly_resolve(
+            anomaly_id=pk, actor=actor, reason=reason, note=note
+        ),
+        note=note,
+        details={"resolution_reason": reason},
+    )
+
+
+@transaction.atomic
+def incident_reopen(
+    *, incident_id: int, actor: Actor, note: str = ""
+) -> IncidentReviewResult:
+    """Reopen every resolved member of an incident."""
+    return _incident_review(
+        incident_id=incident_id,
+        actor=actor,
+        action="incident.reopen",
+        allowed=REOPENABLE,
+        member_action=lambda pk: anomaly_reopen(anomaly_id=pk, actor=actor, note=note),
+        note=note,
+    )

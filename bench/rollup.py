@@ -79,6 +79,7 @@ from support import (
     recreate_database,
 )
 
+from billing import trace_costs
 from billing.pricing import CACHE_READ_KEYS, price_for_model
 from billing.scope_usage import fill_sql
 
@@ -171,10 +172,11 @@ TENANTS_SQL = """
         meter_unit, langfuse_host, langfuse_public_key, langfuse_secret_key,
         sync_enabled, settle_seconds, sync_concurrency, sync_paused_reason,
         overlap_seconds, max_running_seconds, scope_mapping, sync_problem,
-        anomaly_high_ratio, anomaly_low_ratio, created_at, updated_at)
+        anomaly_high_ratio, anomaly_low_ratio, anomaly_min_amount,
+        anomaly_min_share, anomaly_trace_factor, created_at, updated_at)
     SELECT 'Bench tenant ' || i, 'bench-' || i, 'active', 'cus_bench' || i,
            'llm_usage', 'micro_usd', 'https://cloud.langfuse.com', '', '',
-           true, 60, 4, '', 900, 3600, '{}', '', 3, 0.1, now(), now()
+           true, 60, 4, '', 900, 3600, '{}', '', 3, 0.1, 1, 0.01, 15, now(), now()
     FROM generate_series(1, %(tenants)s) i
 """
 
@@ -508,6 +510,9 @@ def generate(postgres_url: str, rows: int) -> dict[str, Any]:
             )
         shape["scope_usage_seconds"] = timer.seconds
         log(f"{shape['scope_usage']:,} daily scope usage rows in {timer.seconds:.0f} s")
+        with Timer() as timer:
+            shape["trace_costs"] = run(trace_costs.fill_sql("postgresql")).rowcount
+        log(f"{shape['trace_costs']:,} daily trace cost rows in {timer.seconds:.0f} s")
         (mismatched,) = run(CHECK_SQL).fetchone()
         if mismatched:
             raise RuntimeError(f"{mismatched} records whose totals != breakdown")

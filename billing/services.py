@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from django.db import models, transaction
@@ -30,11 +31,24 @@ TENANT_FIELDS = (
     "overlap_seconds",
     "max_running_seconds",
     "scope_mapping",
+    "anomaly_high_ratio",
+    "anomaly_low_ratio",
+    "anomaly_min_amount",
+    "anomaly_min_share",
+    "anomaly_trace_factor",
 )
 
 
 def _tenant_snapshot(tenant: Tenant) -> dict[str, Any]:
     snapshot = {field: getattr(tenant, field) for field in TENANT_FIELDS}
+    # The audit log is JSON: thresholds as text, 3.000 and 3 alike.
+    snapshot.update(
+        {
+            k: format(v.normalize(), "f")
+            for k, v in snapshot.items()
+            if isinstance(v, Decimal)
+        }
+    )
     snapshot["status"] = tenant.status
     # Whether a secret is set is auditable; its value never is.
     snapshot["langfuse_secret_key"] = "set" if tenant.langfuse_secret_key else ""

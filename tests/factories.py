@@ -1,3 +1,5 @@
+import json
+
 import factory
 from django.contrib.auth import get_user_model
 
@@ -40,3 +42,30 @@ class MembershipFactory(factory.django.DjangoModelFactory):
     tenant = factory.SubFactory(TenantFactory)
     user = factory.SubFactory(UserFactory)
     role = Membership.Role.VIEWER
+
+
+def tenant_form_data(tenant: Tenant, **changes) -> dict:
+    """What the tenant's admin form posts unchanged, plus ``changes``."""
+    data = {
+        "name": tenant.name,
+        "slug": tenant.slug,
+        "stripe_customer_id": tenant.stripe_customer_id,
+        "stripe_meter_event_name": tenant.stripe_meter_event_name,
+        "meter_unit": tenant.meter_unit,
+        "langfuse_host": tenant.langfuse_host,
+        "langfuse_public_key": tenant.langfuse_public_key,
+        "langfuse_secret_key": "",
+        "settle_seconds": tenant.settle_seconds,
+        "sync_concurrency": tenant.sync_concurrency,
+        "overlap_seconds": tenant.overlap_seconds,
+        "max_running_seconds": tenant.max_running_seconds,
+        "scope_mapping": json.dumps(tenant.scope_mapping),
+        "anomaly_high_ratio": tenant.anomaly_high_ratio,
+        "anomaly_low_ratio": tenant.anomaly_low_ratio,
+        "anomaly_min_amount": tenant.anomaly_min_amount,
+        "anomaly_min_share": tenant.anomaly_min_share,
+        "anomaly_trace_factor": tenant.anomaly_trace_factor,
+    }
+    if tenant.sync_enabled:
+        data["sync_enabled"] = "on"
+    return {**data, **changes}

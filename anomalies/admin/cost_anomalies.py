@@ -4,14 +4,15 @@ explains itself.
 
 The list fits a 1400 px screen: day, tenant, type, scope, observed vs
 expected, severity (the money at stake either way), status and assignee, and
-how many other anomalies share the cause. Its default order is the review
-queue (open first, most money first), read from an index on generated
-columns, and it counts no further than 10,000 matches (``paging``).
+how many other anomalies share its incident (``anomalies.incidents``). Its
+default order is the review queue (open first, most money first), read from
+an index on generated columns, and it counts no further than 10,000 matches
+(``paging``).
 
 The change page shows what the detector saw (``anomalies.evidence``): the
 rule and what "expected" is made of, the scope's last 28 days as a chart,
-the top models and traces with links to their ledger rows, the related
-anomalies and the audit timeline.
+the top models and traces with links to their ledger rows, its incident and
+the incident's other anomalies, and the audit timeline.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from decimal import Decimal
 
 from django.contrib import admin
 from django.contrib.auth import get_user_model
-from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
@@ -32,7 +32,7 @@ from rangefilter.filters import DateRangeQuickSelectListFilterBuilder
 from anomalies import evidence
 from anomalies.admin.filters import AssigneeFilter, IncidentFilter
 from anomalies.admin.paging import CappedPaginator
-from anomalies.admin.review import ReviewActionsMixin
+from anomalies.admin.review import ReviewActionsMixin, count
 from anomalies.models import AnomalyType, CostAnomaly, ResolutionReason
 from billing.admin.base import (
     OfferedActionsOnlyMixin,
@@ -52,7 +52,23 @@ SHORT_TYPES = {
     AnomalyType.SUSPICIOUSLY_LOW: "Low vs peers",
     AnomalyType.SPIKE_VS_BASELINE: "Spike vs own baseline",
     AnomalyType.MISSING_DATA: "Missing data",
+    AnomalyType.EXPENSIVE_TRACE: "Expensive trace",
 }
+
+
+def scope_text(anomaly: CostAnomaly, chars: int | None = None) -> str:
+    """The scope as rows show it, type then id under its project: agent web/bot."""
+    name = (
+        f"{anomaly.project_id}/{anomaly.scope_id}"
+        if anomaly.project_id
+        else anomaly.scope_id
+    )
+    return f"{anomaly.scope_type} {Truncator(name).chars(chars) if chars else name}"
+
+
+def money_text(anomaly: CostAnomaly) -> str:
+    """Observed vs expected and their ratio: $412.50 vs $2.00 (206.3x)."""
+    return f"{usd(anomaly.observed)} vs {usd(anomaly.expected)} ({ratio_text(anomaly)})"
 
 
 def ratio_text(anomaly: CostAnomaly) -> str:
@@ -71,6 +87,9 @@ ACTION_WORDS = {
     "anomaly.resolve": "Resolved",
     "anomaly.reopen": "Reopened",
     "anomaly.assign": "Assigned",
+    "incident.acknowledge": "Acknowledged",
+    "incident.resolve": "Resolved",
+    "incident.reopen": "Reopened",
 }
 
 
@@ -86,7 +105,10 @@ def timeline_entry(entry: AuditLog, users: dict[int, str]) -> dict:
             f"observed {usd(Decimal(before['observed']))} → "
             f"{usd(Decimal(after['observed']))}"
         )
-    reason = after.get("resolution_reason") if entry.action == "anomaly.resolve" else ""
+    if "changed" in after:  # an incident's review: how many members it changed
+        changed = count(len(after["changed"]))
+        change = f"{change}, {changed}" if change else changed
+    reason = after.get("resolution_reason") if entry.action.endswith(".resolve") else ""
     return {
         "action": entry.action,
         "created_at": entry.created_at,
@@ -133,7 +155,7 @@ class CostAnomalyAdmin(
     ]
     search_fields = ["scope_id", "project_id"]
     search_help_text = "A scope or project id (or part of one), or a tenant's name."
-    list_select_related = ["tenant", "assignee"]
+    list_select_related = ["tenant", "assignee", "incident"]
     # Counted up to 10,000 matches, and the table's total never.
     paginator = CappedPaginator
     show_full_result_count = False
@@ -191,30 +213,6 @@ class CostAnomalyAdmin(
             },
         ),
     ]
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        relatives = (
-            CostAnomaly.objects.filter(
-                tenant_id=OuterRef("tenant_id"),
-                period_start=OuterRef("period_start"),
-                cause=OuterRef("cause"),
-            )
-            .exclude(pk=OuterRef("pk"))
-            .exclude(cause="")
-            .order_by()
-            .values("tenant_id")
-            .annotate(n=Count("*"))
-            .values("n")
-        )
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                related_count=Coalesce(
-                    Subquery(relatives, output_field=IntegerField()), 0
-                )
-            )
-        )
 
     def changelist_view(self, request: HttpRequest, extra_context=None):
         # The queue needs the whole width of a 1400 px screen; the app list
@@ -280,31 +278,27 @@ class CostAnomalyAdmin(
 
     @admin.display(description="Scope", ordering="scope_id")
     def scope(self, obj: CostAnomaly) -> str:
-        name = f"{obj.project_id}/{obj.scope_id}" if obj.project_id else obj.scope_id
-        return f"{obj.scope_type} {Truncator(name).chars(SCOPE_CHARS)}"
+        return scope_text(obj, SCOPE_CHARS)
 
     @admin.display(description="Observed vs expected", ordering="ratio")
     def observed_vs_expected(self, obj: CostAnomaly) -> str:
-        return f"{usd(obj.observed)} vs {usd(obj.expected)} ({ratio_text(obj)})"
+        return money_text(obj)
 
     @admin.display(description="Severity", ordering="-impact")
     def severity(self, obj: CostAnomaly) -> str:
         sign = "+" if obj.observed >= obj.expected else "-"
         return f"{sign}{usd(obj.impact)}"
 
-    @admin.display(description="Related", ordering="related_count")
+    @admin.display(description="Related", ordering="incident__anomaly_count")
     def related(self, obj: CostAnomaly) -> str:
-        if not obj.related_count:
+        """The other members of the anomaly's incident, linked to the incident."""
+        others = obj.incident.anomaly_count - 1 if obj.incident else 0
+        if others < 1:
             return "-"
-        url = reverse("admin:anomalies_costanomaly_changelist")
-        query = urlencode(
-            {
-                "tenant": obj.tenant_id,
-                "cause__exact": obj.cause,
-                "period_start__exact": obj.period_start.isoformat(),
-            }
+        url = reverse("admin:anomalies_incident_change", args=[obj.incident_id])
+        return format_html(
+            '<a href="{}" title="{}">+{}</a>', url, obj.incident.title, others
         )
-        return format_html('<a href="{}?{}">+{}</a>', url, query, obj.related_count)
 
     # Change page -----------------------------------------------------------
 
@@ -346,6 +340,8 @@ class CostAnomalyAdmin(
         )
         return {
             "review_buttons": self.review_buttons(request, obj),
+            "incident": obj.incident,
+            "incident_size": count(obj.incident.anomaly_count) if obj.incident else "",
             "explanation": explanation,
             "chart": daily_cost_chart(
                 points,

@@ -31,32 +31,25 @@ class AssigneeFilter(admin.SimpleListFilter):
 
 def incident_leads(queryset: QuerySet) -> QuerySet:
     """
-    One anomaly per incident (tenant, day, cause): the one the review queue
-    puts first. A row is kept when no relative comes before it; a row
-    without a cause has no relatives.
+    One anomaly per incident: the one the review queue puts first. A row is
+    kept when no other member of its incident comes before it; a row outside
+    any incident has none. The members are found through the index on the
+    incident foreign key.
     """
-    before = (
-        CostAnomaly.objects.filter(
-            tenant_id=OuterRef("tenant_id"),
-            period_start=OuterRef("period_start"),
-            cause=OuterRef("cause"),
-        )
-        .exclude(cause="")
-        .filter(
-            Q(review_order__lt=OuterRef("review_order"))
-            | Q(review_order=OuterRef("review_order"), impact__gt=OuterRef("impact"))
-            | Q(
-                review_order=OuterRef("review_order"),
-                impact=OuterRef("impact"),
-                pk__gt=OuterRef("pk"),
-            )
+    before = CostAnomaly.objects.filter(incident_id=OuterRef("incident_id")).filter(
+        Q(review_order__lt=OuterRef("review_order"))
+        | Q(review_order=OuterRef("review_order"), impact__gt=OuterRef("impact"))
+        | Q(
+            review_order=OuterRef("review_order"),
+            impact=OuterRef("impact"),
+            pk__gt=OuterRef("pk"),
         )
     )
     return queryset.filter(~Exists(before))
 
 
 class IncidentFilter(admin.SimpleListFilter):
-    """Group related anomalies: one line per cause, its relatives counted."""
+    """Group related anomalies: one line per incident, its other members counted."""
 
     title = "grouping"
     parameter_name = "group"

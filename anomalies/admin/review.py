@@ -1,12 +1,16 @@
 """
-Reviewing anomalies from the admin: acknowledge, resolve, reopen, assign.
+Reviewing anomalies and incidents from the admin: acknowledge, resolve,
+reopen, and for anomalies assign.
 
 Each is a bulk action with an intermediate page, as Django's
-``delete_selected`` is: the action renders a form listing the selected
-anomalies, the form posts back to the same action, and the action calls the
-service once per anomaly. The change page offers the reviews valid for the
-anomaly's status as buttons that lead to the same form for that one anomaly.
-"Assign to me" needs no input and acts at once.
+``delete_selected`` is: the action renders a form listing the selected rows,
+the form posts back to the same action, and the action calls the service
+once per row. The change page offers the reviews valid for the row's status
+as buttons that lead to the same form for that one row. "Assign to me" needs
+no input and acts at once. ``ReviewPageMixin`` is that machinery for any
+model with a tenant and a review status; ``ReviewActionsMixin`` is the
+anomaly admin's actions on it, ``anomalies.admin.incidents`` the incident
+admin's.
 
 Who may act is the user's Membership role on the anomaly's tenant, on top
 of the model's view permission: operators and tenant admins review, viewers look,
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -27,11 +32,17 @@ from django.contrib.admin import helpers
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    QueryDict,
+)
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from anomalies.models import AnomalyStatus, CostAnomaly, ResolutionReason
+from anomalies.models import AnomalyStatus, ResolutionReason
 from anomalies.services import (
     ACKNOWLEDGEABLE,
     ASSIGNABLE,
@@ -103,8 +114,9 @@ class Review:
     done: str | None  # the status afterwards (None: unchanged)
     allowed_from: tuple[str, ...]
     form_class: type[ReviewForm]
-    # Calls the service for one anomaly with the form's cleaned data.
-    apply: Callable[[int, Actor, dict], CostAnomaly]
+    # Calls the service for one row (an anomaly, an incident) with the
+    # form's cleaned data.
+    apply: Callable[[int, Actor, dict], Any]
 
 
 REVIEWS = {
@@ -162,28 +174,40 @@ REVIEWS = {
 
 
 def review_tenant_ids(request: HttpRequest) -> set[int] | None:
-    """Tenants whose anomalies the user may review; None means every tenant."""
+    """Tenants whose anomalies (and incidents) the user may review; None: all."""
     return tenant_ids_acting_as(request, REVIEW_ROLES)
 
 
-def count(n: int) -> str:
-    return f"{n} anomaly" if n == 1 else f"{n} anomalies"
+# What the reviewed rows are called in messages: (one, many).
+ANOMALY = ("anomaly", "anomalies")
 
 
-def refusal(review: Review, anomaly: CostAnomaly) -> str:
-    """Why a review did not happen, from the anomaly's current status."""
-    if anomaly.status == review.done:
-        return f"“{anomaly}” is already {anomaly.status}: left as it is."
+def count(n: int, noun: tuple[str, str] = ANOMALY) -> str:
+    return f"{n} {noun[0] if n == 1 else noun[1]}"
+
+
+def refusal(review: Review, row: Any, noun: tuple[str, str] = ANOMALY) -> str:
+    """Why a review did not happen, from the row's current status."""
+    if row.status == review.done:
+        return f"“{row}” is already {row.status}: left as it is."
     return (
-        f"“{anomaly}” is {anomaly.status}: only an anomaly that is "
+        f"“{row}” is {row.status}: only an {noun[0]} that is "
         f"{' or '.join(review.allowed_from)} can be {review.past}."
     )
 
 
-class ReviewActionsMixin:
-    """The review actions, their intermediate page and the change page buttons."""
+class ReviewPageMixin:
+    """
+    Review actions' intermediate page and the change page's buttons, for a
+    model admin whose rows have a tenant and a review status. A subclass
+    names its ``reviews`` and ``noun``, and says in ``review_apply`` what a
+    confirmed review does and tells the user.
+    """
 
     review_template = "admin/anomalies/costanomaly/review_confirmation.html"
+    reviews: dict[str, Review]
+    noun: tuple[str, str] = ANOMALY
+    review_select_related: tuple[str, ...] = ("tenant",)
 
     def has_review_permission(self, request: HttpRequest, obj=None) -> bool:
         if not self.has_view_permission(request, obj):
@@ -194,13 +218,127 @@ class ReviewActionsMixin:
         return obj.tenant_id in tenant_ids if obj is not None else bool(tenant_ids)
 
     def _check_review(self, request: HttpRequest, queryset: QuerySet) -> None:
-        """Every selected anomaly must be in a tenant the user reviews."""
+        """Every selected row must be in a tenant the user reviews."""
         tenant_ids = review_tenant_ids(request)
         if (
             tenant_ids is not None
             and queryset.exclude(tenant_id__in=tenant_ids).exists()
         ):
             raise PermissionDenied
+
+    def _review(self, request: HttpRequest, queryset: QuerySet, review: Review):
+        """The intermediate page on the first POST, the reviews on the second."""
+        self._check_review(request, queryset)
+        rows = list(queryset.select_related(*self.review_select_related))
+        if not rows:
+            self.message_user(
+                request,
+                f"None of the selected {self.noun[1]} is yours to change.",
+                messages.WARNING,
+            )
+            return None
+        form = self.review_form(
+            review, rows, request.POST if request.POST.get("post") == "yes" else None
+        )
+        if not form.is_valid():
+            return self._render_review(request, review, rows, form)
+        self.review_apply(request, review, rows, form.cleaned_data)
+        return None
+
+    def review_form(
+        self, review: Review, rows: list, data: QueryDict | None
+    ) -> forms.Form:
+        return review.form_class(data)
+
+    def review_apply(
+        self, request: HttpRequest, review: Review, rows: list, data: dict
+    ) -> None:
+        """Call the review's service for each row and tell the user how it went."""
+        raise NotImplementedError
+
+    def review_context(self, review: Review, rows: list) -> dict:
+        """
+        What the intermediate page shows beyond the rows; may also set on
+        each row what its table needs (money as text, say).
+        """
+        return {}
+
+    def _render_review(self, request, review, rows, form) -> HttpResponse:
+        changeable = [row for row in rows if row.status in review.allowed_from]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{review.label} {self.opts.verbose_name_plural}",
+            "opts": self.opts,
+            "transition": review,
+            "form": form,
+            "noun": self.noun[0],
+            "nouns": self.noun[1],
+            "changeable": changeable,
+            "unchanged": [row for row in rows if row not in changeable],
+            "selected": rows,
+            "submit_label": f"{review.label} {count(len(changeable), self.noun)}",
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media + form.media,
+            **self.review_context(review, rows),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.review_template, context)
+
+    # Change page buttons ---------------------------------------------------
+
+    def get_urls(self):
+        name = f"{self.opts.app_label}_{self.opts.model_name}_review"
+        return [
+            path(
+                "<int:object_id>/review/<slug:transition>/",
+                self.admin_site.admin_view(self.review_view),
+                name=name,
+            ),
+            *super().get_urls(),
+        ]
+
+    def review_view(
+        self, request: HttpRequest, object_id: int, transition: str
+    ) -> HttpResponse:
+        """One row through the same intermediate page as the bulk action."""
+        if transition not in self.reviews:
+            raise Http404
+        queryset = self.get_queryset(request).filter(pk=object_id)
+        row = queryset.first()
+        if row is None:
+            raise Http404
+        if not self.has_review_permission(request, row):
+            raise PermissionDenied
+        response = self._review(request, queryset, self.reviews[transition])
+        if response is None:
+            return HttpResponseRedirect(
+                reverse(
+                    f"admin:{self.opts.app_label}_{self.opts.model_name}_change",
+                    args=[row.pk],
+                )
+            )
+        return response
+
+    def review_buttons(self, request: HttpRequest, obj: Any) -> list[dict]:
+        if not self.has_review_permission(request, obj):
+            return []
+        name = f"admin:{self.opts.app_label}_{self.opts.model_name}_review"
+        return [
+            {
+                "name": r.name,
+                "label": f"{r.label}…" if r.form_class is AssignForm else r.label,
+                "url": reverse(name, args=[obj.pk, r.name]),
+            }
+            for r in self.reviews.values()
+            if obj.status in r.allowed_from
+        ]
+
+
+class ReviewActionsMixin(ReviewPageMixin):
+    """The anomaly admin's review actions, on ``ReviewPageMixin``."""
+
+    reviews = REVIEWS
+    review_select_related = ("tenant", "assignee")
 
     @admin.action(description="Acknowledge selected anomalies", permissions=["review"])
     def acknowledge(self, request, queryset):
@@ -242,29 +380,20 @@ class ReviewActionsMixin:
         if assigned:
             self.message_user(request, f"{count(assigned)} assigned to you.")
 
-    def _review(self, request, queryset, review: Review):
-        """The intermediate page on the first POST, the reviews on the second."""
-        self._check_review(request, queryset)
-        anomalies = list(queryset.select_related("tenant", "assignee"))
-        if not anomalies:
-            self.message_user(
-                request,
-                "None of the selected anomalies is yours to change.",
-                messages.WARNING,
-            )
-            return None
-        extra = {}
+    def review_form(
+        self, review: Review, rows: list, data: QueryDict | None
+    ) -> forms.Form:
         if review.form_class is AssignForm:
-            extra["tenant_ids"] = {a.tenant_id for a in anomalies}
-        form = review.form_class(
-            request.POST if request.POST.get("post") == "yes" else None, **extra
-        )
-        if not form.is_valid():
-            return self._render_review(request, review, anomalies, form)
+            return AssignForm(data, tenant_ids={a.tenant_id for a in rows})
+        return review.form_class(data)
+
+    def review_apply(
+        self, request: HttpRequest, review: Review, rows: list, data: dict
+    ) -> None:
         done = 0
-        for anomaly in anomalies:
+        for anomaly in rows:
             try:
-                review.apply(anomaly.pk, request_actor(request), form.cleaned_data)
+                review.apply(anomaly.pk, request_actor(request), data)
                 done += 1
             except InvalidTransition:
                 # Someone else got there first (or it was never valid):
@@ -275,11 +404,13 @@ class ReviewActionsMixin:
                 self.message_user(request, str(exc), messages.WARNING)
         if done:
             self.message_user(
-                request,
-                self._success(review, done, form.cleaned_data),
-                messages.SUCCESS,
+                request, self._success(review, done, data), messages.SUCCESS
             )
-        return None
+
+    def review_context(self, review: Review, rows: list) -> dict:
+        for anomaly in rows:
+            anomaly.money = (usd(anomaly.observed), usd(anomaly.expected))
+        return {}
 
     @staticmethod
     def _success(review: Review, done: int, data: dict) -> str:
@@ -288,68 +419,3 @@ class ReviewActionsMixin:
         reason = data.get("reason")
         why = f" ({ResolutionReason(reason).label})" if reason else ""
         return f"{review.past.capitalize()} {count(done)}{why}."
-
-    def _render_review(self, request, review, anomalies, form) -> HttpResponse:
-        for anomaly in anomalies:
-            anomaly.money = (usd(anomaly.observed), usd(anomaly.expected))
-        changeable = [a for a in anomalies if a.status in review.allowed_from]
-        context = {
-            **self.admin_site.each_context(request),
-            "title": f"{review.label} cost anomalies",
-            "opts": self.opts,
-            "transition": review,
-            "form": form,
-            "changeable": changeable,
-            "unchanged": [a for a in anomalies if a not in changeable],
-            "anomalies": anomalies,
-            "submit_label": f"{review.label} {count(len(changeable))}",
-            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-            "media": self.media + form.media,
-        }
-        request.current_app = self.admin_site.name
-        return TemplateResponse(request, self.review_template, context)
-
-    # Change page buttons ---------------------------------------------------
-
-    def get_urls(self):
-        name = f"{self.opts.app_label}_{self.opts.model_name}_review"
-        return [
-            path(
-                "<int:object_id>/review/<slug:transition>/",
-                self.admin_site.admin_view(self.review_view),
-                name=name,
-            ),
-            *super().get_urls(),
-        ]
-
-    def review_view(self, request, object_id: int, transition: str):
-        """One anomaly through the same intermediate page as the bulk action."""
-        if transition not in REVIEWS:
-            raise Http404
-        queryset = self.get_queryset(request).filter(pk=object_id)
-        anomaly = queryset.first()
-        if anomaly is None:
-            raise Http404
-        if not self.has_review_permission(request, anomaly):
-            raise PermissionDenied
-        response = self._review(request, queryset, REVIEWS[transition])
-        if response is None:
-            return HttpResponseRedirect(
-                reverse("admin:anomalies_costanomaly_change", args=[anomaly.pk])
-            )
-        return response
-
-    def review_buttons(self, request, obj: CostAnomaly) -> list[dict]:
-        if not self.has_review_permission(request, obj):
-            return []
-        return [
-            {
-                "name": r.name,
-                "label": f"{r.label}…" if r.name == "assign" else r.label,
-                "url": reverse(
-                    "admin:anomalies_costanomaly_review", args=[obj.pk, r.name]
-                ),
-            }
-            for r in REVIEWS.values()
-            if obj.status in r.allowed_from
-        ]

@@ -172,6 +172,18 @@ class TenantAdmin(OfferedActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAd
                 ]
             },
         ),
+        (
+            "Anomaly detection",
+            {
+                "fields": [
+                    "anomaly_high_ratio",
+                    "anomaly_low_ratio",
+                    "anomaly_min_amount",
+                    "anomaly_min_share",
+                    "anomaly_trace_factor",
+                ]
+            },
+        ),
         (None, {"fields": ["created_at", "updated_at"]}),
     ]
 

@@ -50,11 +50,14 @@ whose scope nothing else touches, so its daily cost is flat apart from it:
 - ``cost_spike``: one agent within one project costs 10x on one day;
 - ``cost_drop``: one user costs 0.05x on one day;
 - ``missing_data``: an agent with steady daily cost has no traces at all in
-  the last two UTC days (yesterday and today).
+  the last two UTC days (yesterday and today);
+- ``runaway_trace``: one ordinary trace of an agent uses 200x the tokens (a
+  loop that kept calling the model), on a day with a few days of history.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random
@@ -88,6 +91,7 @@ LONG_RUNNING_HOURS = (2, 5)
 
 SPIKE_FACTOR = 10.0
 DROP_FACTOR = 0.05
+RUNAWAY_FACTOR = 200.0
 MISSING_DAYS = 2
 # Traces this close to `now` are still running; the rest finished earlier.
 SETTLE_SECONDS = 60
@@ -188,7 +192,7 @@ class Anomaly:
     on ``days`` (None for missing data, where the cost is simply absent).
     """
 
-    kind: str  # "cost_spike", "cost_drop" or "missing_data"
+    kind: str  # "cost_spike", "cost_drop", "missing_data" or "runaway_trace"
     tenant_slug: str
     scope: str  # "agent" or "user"
     value: str
@@ -574,6 +578,25 @@ def _plan_tenant(
                 epic=rng.choice(tenant.epics),
             )
         )
+    runaway = None
+    # A day with three days of history before it, not taken by the others.
+    runaway_days = [
+        d for d in range(3, days - MISSING_DAYS) if d not in (spike_day, drop_day)
+    ]
+    if inject and runaway_days:
+        # Drawn last, so that every other plan is what it was without it.
+        runaway_day = rng.choice(runaway_days)
+        day_start = window_start + runaway_day * _DAY_MICROS
+        candidates = [
+            n
+            for n, plan in enumerate(plans)
+            if plan.kind == "background"
+            and day_start <= plan.start < day_start + _DAY_MICROS
+        ]
+        if candidates:
+            n = rng.choice(candidates)
+            plans[n] = dataclasses.replace(plans[n], factor=RUNAWAY_FACTOR)
+            runaway = plans[n]
     plans.sort(key=lambda plan: plan.start)
 
     anomalies = []
@@ -611,6 +634,18 @@ def _plan_tenant(
                 factor=None,
             ),
         ]
+    if runaway is not None:
+        anomalies.append(
+            Anomaly(
+                kind="runaway_trace",
+                tenant_slug=tenant.slug,
+                scope="agent",
+                value=runaway.agent,
+                project=runaway.project,
+                days=(first_day + timedelta(days=runaway_day),),
+                factor=RUNAWAY_FACTOR,
+            )
+        )
     return plans, anomalies
 
 

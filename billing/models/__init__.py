@@ -2,6 +2,7 @@ from billing.models.costs import (
     AnalyticsRun,
     CostSummary,
     DailyScopeUsage,
+    DailyTraceCost,
     ScopeType,
 )
 from billing.models.ledger import (
@@ -18,6 +19,7 @@ __all__ = [
     "AuditLog",
     "CostSummary",
     "DailyScopeUsage",
+    "DailyTraceCost",
     "Membership",
     "ScopeType",
     "StripeReport",

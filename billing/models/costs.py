@@ -84,6 +84,35 @@ class DailyScopeUsage(TenantOwnedModel):
         return f"{self.scope_type} {self.scope_id} {self.model} on {self.day}"
 
 
+class DailyTraceCost(TenantOwnedModel):
+    """
+    How many of an agent's billable traces of one UTC day cost between
+    2^(bucket/4) and 2^((bucket+1)/4) USD, kept current by database triggers
+    on the ledger (``billing.trace_costs``): the expensive-trace rule's
+    percentiles, without reading every trace.
+    """
+
+    tenant = models.ForeignKey(
+        "billing.Tenant", on_delete=models.CASCADE, db_constraint=False, db_index=False
+    )
+    day = models.DateField()
+    project_id = models.CharField(max_length=200, blank=True)
+    agent_id = models.CharField(max_length=200)
+    bucket = models.SmallIntegerField()
+    traces = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "tenant", "project_id", "agent_id", "bucket"],
+                name="daily_trace_cost_unique_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id} on {self.day}: {self.traces} in bucket {self.bucket}"
+
+
 class CostSummary(TenantOwnedModel):
     # The unique key starts with the tenant, so no index of its own: one
     # index fewer to write for each of a day's ~100k summaries.

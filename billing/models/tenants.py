@@ -111,6 +111,30 @@ class Tenant(models.Model):
     anomaly_low_ratio = models.DecimalField(
         max_digits=8, decimal_places=3, default=Decimal("0.1")
     )
+    # Materiality: no rule flags a day that is off by less than this amount,
+    # or by less than this share of the tenant's cost that day (the larger).
+    anomaly_min_amount = models.DecimalField(
+        max_digits=12,
+        decimal_places=2,
+        default=Decimal("1.00"),
+        help_text="Smallest change in USD worth an anomaly.",
+    )
+    anomaly_min_share = models.DecimalField(
+        max_digits=6,
+        decimal_places=4,
+        default=Decimal("0.01"),
+        help_text="Smallest change worth an anomaly, as a share of the "
+        "tenant's cost that day (0.01 = 1%).",
+    )
+    # Expensive-trace rule: a trace costing more than this many times its
+    # agent's recent 95th-percentile trace.
+    anomaly_trace_factor = models.DecimalField(
+        max_digits=8,
+        decimal_places=2,
+        default=Decimal("15"),
+        help_text="Flag a single trace costing more than this many times its "
+        "agent's recent 95th-percentile trace.",
+    )
     sync_paused_at = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
@@ -132,6 +156,13 @@ class Tenant(models.Model):
                 & Q(anomaly_low_ratio__lt=1)
                 & Q(anomaly_high_ratio__gt=1),
                 name="tenant_anomaly_ratios_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(anomaly_min_amount__gte=0)
+                & Q(anomaly_min_share__gte=0)
+                & Q(anomaly_min_share__lt=1)
+                & Q(anomaly_trace_factor__gt=1),
+                name="tenant_anomaly_floors_valid",
             ),
         ]
 

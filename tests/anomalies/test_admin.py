@@ -7,6 +7,7 @@ pytestmark = pytest.mark.django_db
 @pytest.mark.parametrize(
     "name",
     [
+        "admin:anomalies_incident_changelist",
         "admin:anomalies_costanomaly_changelist",
         "admin:billing_costsummary_changelist",
         "admin:billing_analyticsrun_changelist",

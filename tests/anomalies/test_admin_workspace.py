@@ -22,6 +22,7 @@ from django.utils import timezone
 from anomalies.admin.cost_anomalies import CostAnomalyAdmin
 from anomalies.admin.paging import CappedPaginator
 from anomalies.detectors import Finding
+from anomalies.incidents import incidents_group
 from anomalies.models import CostAnomaly
 from anomalies.services import anomalies_record, anomaly_assign, anomaly_resolve
 from billing.audit import Actor
@@ -93,6 +94,7 @@ def incident(tenant, summary):
 
 def test_related_anomalies_share_the_runaway_trace_as_their_cause(incident):
     assert {a.cause for a in incident.values()} == {"trace:runaway-trace"}
+    assert len({a.incident_id for a in incident.values()}) == 1
 
 
 def test_the_change_page_explains_the_rule_and_shows_the_evidence(
@@ -120,8 +122,8 @@ def test_the_change_page_explains_the_rule_and_shows_the_evidence(
     # Money as money, and what "expected" is made of: the named peers.
     assert "$412.50" in page and "$2.00" in page
     assert (
-        "The average daily cost of the other agents of project web that day (3 peers)"
-        in page
+        "The median daily cost of this agent and the other agents of project web "
+        "that day (3 peers)" in page
     )
     assert "helper ($3.00), search ($2.00), triage ($1.00)" in page
     # The chart: 28 days of the scope, the anomaly's day marked.
@@ -135,7 +137,16 @@ def test_the_change_page_explains_the_rule_and_shows_the_evidence(
     record = UsageRecord.objects.get(trace_id="runaway-trace")
     url = reverse("admin:billing_usagerecord_change", args=[record.pk])
     assert f'<a href="{url}">runaway-trace</a>' in page
-    # The other two anomalies of the incident, and the audit timeline in order.
+    # Its incident, the other two anomalies of it, and the audit timeline in
+    # order.
+    incident_url = reverse(
+        "admin:anomalies_incident_change", args=[anomaly.incident_id]
+    )
+    assert re.search(
+        rf'Part of incident: <a href="{incident_url}">trace runaway-trace: [^<]+</a>'
+        r" \(3 anomalies\)",
+        page,
+    )
     related = re.search(r'id="related-anomalies">(.*?)</div>', page, re.S).group(1)
     assert "Spike vs own baseline: agent web/bot" in related
     assert "High cost vs peers: user ann" in related
@@ -198,11 +209,20 @@ def test_one_line_per_incident_counts_its_relatives(client, superuser, incident)
     grouped = client.get(reverse(CHANGELIST), {"group": "incident"})
 
     rows = grouped.context["cl"].result_list
-    assert len(rows) == 1 and rows[0].related_count == 2
-    # The "+2" link lists the whole incident.
-    link = re.search(r'<a href="([^"]+)">\+2</a>', grouped.content.decode()).group(1)
-    whole = client.get(link.replace("&amp;", "&"))
-    assert len(whole.context["cl"].result_list) == 3
+    assert len(rows) == 1
+    # The lead is the one the queue puts first: the most money at stake.
+    assert rows[0] == max(incident.values(), key=lambda a: (a.impact, a.pk))
+    # The "+2" link opens the incident, which lists all three.
+    link = re.search(
+        r'<a href="([^"]+)" title="[^"]*">\+2</a>', grouped.content.decode()
+    ).group(1)
+    assert link == reverse(
+        "admin:anomalies_incident_change", args=[rows[0].incident_id]
+    )
+    whole = client.get(link)
+    assert {m["anomaly"].pk for m in whole.context["members"]} == {
+        a.pk for a in incident.values()
+    }
 
 
 def test_filters_mine_date_range_and_tenant_name_search(client, tenant, incident):
@@ -280,6 +300,12 @@ def _anomalies(tenant, n: int) -> None:
         )
         for i in range(n)
     )  # fmt: skip
+    # As detection leaves them: the agents of a project's day are one incident.
+    days = CostAnomaly.objects.filter(tenant=tenant).values_list(
+        "period_start", flat=True
+    )
+    for day in set(days):
+        incidents_group(period_start=day, tenant_ids=[tenant.pk])
 
 
 @pytest.mark.parametrize(

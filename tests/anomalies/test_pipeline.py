@@ -42,7 +42,8 @@ def seed_month(tenant):
         for agent in ("a", "b", "c", "d", "e", "f", "steady"):
             if agent == "steady" and back == 0:
                 continue  # stops on the last day
-            cost = "0.50" if agent == "a" and back == 0 else "0.05"
+            # Dollars, not cents: above the tenant's materiality floor.
+            cost = "5.00" if agent == "a" and back == 0 else "0.50"
             usage(tenant, agent, cost, day, n=5)
 
 

@@ -5,7 +5,6 @@ suspends, activates and resumes the tenant. The actions check the role in
 the selected rows' tenants, not only a Django model permission.
 """
 
-import json
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -27,7 +26,12 @@ from billing.models import (
     UsageRecord,
 )
 from billing.services import STATUS_REASONS, TenantStatusReason
-from tests.factories import MembershipFactory, TenantFactory, UserFactory
+from tests.factories import (
+    MembershipFactory,
+    TenantFactory,
+    UserFactory,
+    tenant_form_data,
+)
 from tests.races import race_on_row
 
 pytestmark = pytest.mark.django_db
@@ -202,27 +206,6 @@ def _confirm(client, action: str, tenants, **form):
 # The tenant change form ---------------------------------------------------
 
 
-def _tenant_form(tenant: Tenant, **changes) -> dict:
-    data = {
-        "name": tenant.name,
-        "slug": tenant.slug,
-        "stripe_customer_id": tenant.stripe_customer_id,
-        "stripe_meter_event_name": tenant.stripe_meter_event_name,
-        "meter_unit": tenant.meter_unit,
-        "langfuse_host": tenant.langfuse_host,
-        "langfuse_public_key": tenant.langfuse_public_key,
-        "langfuse_secret_key": "",
-        "settle_seconds": tenant.settle_seconds,
-        "sync_concurrency": tenant.sync_concurrency,
-        "overlap_seconds": tenant.overlap_seconds,
-        "max_running_seconds": tenant.max_running_seconds,
-        "scope_mapping": json.dumps(tenant.scope_mapping),
-    }
-    if tenant.sync_enabled:
-        data["sync_enabled"] = "on"
-    return {**data, **changes}
-
-
 @pytest.mark.parametrize("role", ROLES)
 def test_the_tenant_change_form_is_read_only_below_tenant_admin(
     client, tenant, login, role
@@ -246,11 +229,13 @@ def test_the_tenant_change_form_is_read_only_below_tenant_admin(
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_only_a_tenant_admin_saves_the_tenant_form(client, tenant, login, role):
+def test_only_a_tenant_admin_saves_thetenant_form_data(client, tenant, login, role):
     user = login(role)
     url = reverse("admin:billing_tenant_change", args=[tenant.pk])
 
-    response = client.post(url, _tenant_form(tenant, name="Renamed", settle_seconds=90))
+    response = client.post(
+        url, tenant_form_data(tenant, name="Renamed", settle_seconds=90)
+    )
 
     tenant.refresh_from_db()
     updates = _audit("tenant.update")
@@ -272,7 +257,7 @@ def test_a_tenant_admin_cannot_save_another_tenant_s_form(
     login("admin")
     url = reverse("admin:billing_tenant_change", args=[other_tenant.pk])
 
-    response = client.post(url, _tenant_form(other_tenant, name="Renamed"))
+    response = client.post(url, tenant_form_data(other_tenant, name="Renamed"))
 
     # Not theirs: it does not exist for them (back to the index).
     assert response.status_code == 302

@@ -12,7 +12,7 @@ from django.urls import reverse
 from billing.models import AuditLog, Tenant
 from billing.secrets import Secret
 from billing_project.logging import RedactSecretsFilter
-from tests.factories import TenantFactory
+from tests.factories import TenantFactory, tenant_form_data
 
 CANARY = "sk-lf-canary-0123456789abcdef"
 
@@ -73,23 +73,9 @@ def test_admin_never_renders_the_secret(client, superuser, canary_tenant):
 
 
 def _post_change(client, tenant, **overrides):
-    data = {
-        "name": tenant.name,
-        "slug": tenant.slug,
-        "stripe_customer_id": tenant.stripe_customer_id,
-        "stripe_meter_event_name": tenant.stripe_meter_event_name,
-        "meter_unit": tenant.meter_unit,
-        "sync_concurrency": tenant.sync_concurrency,
-        "langfuse_host": tenant.langfuse_host,
-        "langfuse_public_key": tenant.langfuse_public_key,
-        "langfuse_secret_key": "",
-        "sync_enabled": "on",
-        "settle_seconds": tenant.settle_seconds,
-        "overlap_seconds": tenant.overlap_seconds,
-        "max_running_seconds": tenant.max_running_seconds,
-        "scope_mapping": "{}",
-        **overrides,
-    }
+    data = tenant_form_data(
+        tenant, **{"sync_enabled": "on", "scope_mapping": "{}", **overrides}
+    )
     url = reverse("admin:billing_tenant_change", args=[tenant.pk])
     response = client.post(url, data)
     assert response.status_code == 302, response.content.decode()[:2000]

@@ -1,8 +1,8 @@
 """
-The embedded default (SQLite) keeps the daily scope usage triggers through
-migrations that alter the ledger tables: Django copies a SQLite table to
-alter it, which drops its triggers, and a rollup without them is silently
-empty (the demo once showed 0 summaries).
+The embedded default (SQLite) keeps the ledger's triggers (daily scope usage,
+daily trace costs) through migrations that alter the ledger tables: Django
+copies a SQLite table to alter it, which drops its triggers, and a rollup
+without them is silently empty (the demo once showed 0 summaries).
 """
 
 import os
@@ -12,11 +12,17 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-TRIGGERS = {
+SCOPE_USAGE = {
     f"{table}_scope_usage_{operation}"
     for table in ("billing_usagerecord", "billing_usageadjustment")
     for operation in ("insert", "update", "delete")
 }
+# Since billing 0015 (the expensive-trace rule's histogram).
+TRACE_COSTS = {
+    f"billing_usagerecord_trace_costs_{operation}"
+    for operation in ("insert", "update", "delete")
+}
+TRIGGERS = SCOPE_USAGE | TRACE_COSTS
 
 
 def _migrate(database: Path, *target: str) -> None:
@@ -47,7 +53,7 @@ def test_the_triggers_survive_every_migration_both_ways(tmp_path):
     assert _triggers(database) == TRIGGERS
 
     _migrate(database, "billing", "0007")
-    assert _triggers(database) == TRIGGERS
+    assert _triggers(database) == SCOPE_USAGE
 
     _migrate(database)
     assert _triggers(database) == TRIGGERS

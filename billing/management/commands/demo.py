@@ -58,6 +58,8 @@ from billing.sync import eligible_tenant_ids, sync_tenants
 from billing.tenancy import tenant_context
 
 MICRO_USD = Decimal("0.000001")
+DEMO_MIN_AMOUNT = Decimal("0.01")
+DEMO_MIN_SHARE = Decimal("0.001")
 
 
 class Command(BaseCommand):
@@ -152,6 +154,10 @@ class Command(BaseCommand):
             customer = client.v1.customers.create(params={"name": generated.name})
             fields = {
                 "name": generated.name,
+                # The demo's tenants spend about $2 a day: the default
+                # floors ($1, 1% of the day) would hide what it injects.
+                "anomaly_min_amount": DEMO_MIN_AMOUNT,
+                "anomaly_min_share": DEMO_MIN_SHARE,
                 "stripe_customer_id": customer.id,
                 "langfuse_host": langfuse_server.url,
                 "langfuse_public_key": generated.public_key,

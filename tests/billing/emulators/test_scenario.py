@@ -246,6 +246,7 @@ def test_control_tenant_has_no_anomalies(scenario):
         "cost_spike",
         "cost_drop",
         "missing_data",
+        "runaway_trace",
     }
     steady = daily_cost(scenario, control, agent="nightly-digest")
     yesterday = NOW.date() - timedelta(days=1)
