@@ -20,6 +20,7 @@ whole ledger (filling the table when it is created, and in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.db import migrations
@@ -155,24 +156,37 @@ OPERATIONS = {
 }
 
 
-def _postgres_sql(table: str) -> list[str]:
+def statement_triggers(
+    name: str, table: str, body: Callable[[list[tuple[str, int]]], str]
+) -> list[str]:
+    """
+    Postgres statement-level triggers ``{name}_{operation}`` on ``table``
+    running ``body(sides)``: sides are (the transition table of the
+    statement's new or old rows, ``new_rows`` / ``old_rows``; sign: 1 to
+    count in, -1 to count out).
+    """
     statements = []
     for operation, sides in OPERATIONS.items():
-        name = f"{table}_scope_usage_{operation}"
-        entries = [
-            (SOURCES[table](f"{side}_rows"), 1 if side == "new" else -1)
-            for side in sides
-        ]
+        function = f"{name}_{operation}"
+        transitions = [(f"{side}_rows", 1 if side == "new" else -1) for side in sides]
         referencing = " ".join(f"{side.upper()} TABLE AS {side}_rows" for side in sides)
         statements += [
-            f"""CREATE OR REPLACE FUNCTION {name}() RETURNS trigger AS $$
-                BEGIN {add_sql("postgresql", entries)}; RETURN NULL; END;
+            f"""CREATE OR REPLACE FUNCTION {function}() RETURNS trigger AS $$
+                BEGIN {body(transitions)}; RETURN NULL; END;
                 $$ LANGUAGE plpgsql""",
-            f"""CREATE TRIGGER {name} AFTER {operation.upper()} ON {table}
+            f"""CREATE TRIGGER {function} AFTER {operation.upper()} ON {table}
                 REFERENCING {referencing} FOR EACH STATEMENT
-                EXECUTE FUNCTION {name}()""",
+                EXECUTE FUNCTION {function}()""",
         ]
     return statements
+
+
+def _postgres_sql(table: str) -> list[str]:
+    def body(sides: list[tuple[str, int]]) -> str:
+        entries = [(SOURCES[table](rows), sign) for rows, sign in sides]
+        return add_sql("postgresql", entries)
+
+    return statement_triggers(f"{table}_scope_usage", table, body)
 
 
 def _row(side: str, table: str) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from django.db import migrations
 
-from billing.scope_usage import BILLABLE, DIALECTS, OPERATIONS
+from billing.scope_usage import BILLABLE, DIALECTS, OPERATIONS, statement_triggers
 
 TABLE = "billing_usagerecord"
 # Buckets per doubling of cost.
@@ -69,21 +69,11 @@ def _name(operation: str) -> str:
 
 
 def _postgres_sql() -> list[str]:
-    statements = []
-    for operation, sides in OPERATIONS.items():
-        entries = [
-            (f"SELECT * FROM {side}_rows", 1 if side == "new" else -1) for side in sides
-        ]
-        referencing = " ".join(f"{side.upper()} TABLE AS {side}_rows" for side in sides)
-        statements += [
-            f"""CREATE OR REPLACE FUNCTION {_name(operation)}() RETURNS trigger AS $$
-                BEGIN {add_sql("postgresql", entries)}; RETURN NULL; END;
-                $$ LANGUAGE plpgsql""",
-            f"""CREATE TRIGGER {_name(operation)} AFTER {operation.upper()} ON {TABLE}
-                REFERENCING {referencing} FOR EACH STATEMENT
-                EXECUTE FUNCTION {_name(operation)}()""",
-        ]
-    return statements
+    def body(sides: list[tuple[str, int]]) -> str:
+        entries = [(f"SELECT * FROM {rows}", sign) for rows, sign in sides]
+        return add_sql("postgresql", entries)
+
+    return statement_triggers(f"{TABLE}_trace_costs", TABLE, body)
 
 
 def _sqlite_sql() -> list[str]:

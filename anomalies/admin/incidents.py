@@ -34,19 +34,14 @@ from anomalies.admin.cost_anomalies import (
 from anomalies.admin.paging import CappedPaginator
 from anomalies.admin.review import (
     ANOMALY,
-    ReopenForm,
-    ResolveForm,
     Review,
-    ReviewForm,
     ReviewPageMixin,
     count,
     refusal,
+    status_reviews,
 )
-from anomalies.models import AnomalyStatus, CostAnomaly, Incident, ResolutionReason
+from anomalies.models import CostAnomaly, Incident, ResolutionReason
 from anomalies.services import (
-    ACKNOWLEDGEABLE,
-    REOPENABLE,
-    RESOLVABLE,
     IncidentReviewResult,
     InvalidTransition,
     incident_acknowledge,
@@ -73,44 +68,12 @@ NAMED_MEMBERS = 3
 # An incident's status is its members' (open while any is open, resolved
 # when all are), so the statuses an incident action starts from are the
 # ones its members' actions start from.
-INCIDENT_REVIEWS = {
-    r.name: r
-    for r in [
-        Review(
-            "acknowledge",
-            "Acknowledge",
-            "acknowledged",
-            AnomalyStatus.ACKNOWLEDGED,
-            ACKNOWLEDGEABLE,
-            ReviewForm,
-            lambda pk, actor, data: incident_acknowledge(
-                incident_id=pk, actor=actor, note=data["note"]
-            ),
-        ),
-        Review(
-            "resolve",
-            "Resolve",
-            "resolved",
-            AnomalyStatus.RESOLVED,
-            RESOLVABLE,
-            ResolveForm,
-            lambda pk, actor, data: incident_resolve(
-                incident_id=pk, actor=actor, reason=data["reason"], note=data["note"]
-            ),
-        ),
-        Review(
-            "reopen",
-            "Reopen",
-            "reopened",
-            AnomalyStatus.OPEN,
-            REOPENABLE,
-            ReopenForm,
-            lambda pk, actor, data: incident_reopen(
-                incident_id=pk, actor=actor, note=data["note"]
-            ),
-        ),
-    ]
-}
+INCIDENT_REVIEWS = status_reviews(
+    acknowledge=incident_acknowledge,
+    resolve=incident_resolve,
+    reopen=incident_reopen,
+    id_field="incident_id",
+)
 
 
 def left_alone(review: Review, incident: Incident, members: list[CostAnomaly]) -> str:

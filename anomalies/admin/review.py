@@ -119,9 +119,14 @@ class Review:
     apply: Callable[[int, Actor, dict], Any]
 
 
-REVIEWS = {
-    r.name: r
-    for r in [
+def status_reviews(
+    *, acknowledge: Callable, resolve: Callable, reopen: Callable, id_field: str
+) -> dict[str, Review]:
+    """
+    Acknowledge, resolve and reopen, each calling its service with the row's
+    id as ``id_field``: the anomalies' and the incidents' alike.
+    """
+    reviews = [
         Review(
             "acknowledge",
             "Acknowledge",
@@ -129,8 +134,8 @@ REVIEWS = {
             AnomalyStatus.ACKNOWLEDGED,
             ACKNOWLEDGEABLE,
             ReviewForm,
-            lambda pk, actor, data: anomaly_acknowledge(
-                anomaly_id=pk, actor=actor, note=data["note"]
+            lambda pk, actor, data: acknowledge(
+                **{id_field: pk}, actor=actor, note=data["note"]
             ),
         ),
         Review(
@@ -140,8 +145,11 @@ REVIEWS = {
             AnomalyStatus.RESOLVED,
             RESOLVABLE,
             ResolveForm,
-            lambda pk, actor, data: anomaly_resolve(
-                anomaly_id=pk, actor=actor, reason=data["reason"], note=data["note"]
+            lambda pk, actor, data: resolve(
+                **{id_field: pk},
+                actor=actor,
+                reason=data["reason"],
+                note=data["note"],
             ),
         ),
         Review(
@@ -151,25 +159,35 @@ REVIEWS = {
             AnomalyStatus.OPEN,
             REOPENABLE,
             ReopenForm,
-            lambda pk, actor, data: anomaly_reopen(
-                anomaly_id=pk, actor=actor, note=data["note"]
-            ),
-        ),
-        Review(
-            "assign",
-            "Assign",
-            "assigned",
-            None,
-            ASSIGNABLE,
-            AssignForm,
-            lambda pk, actor, data: anomaly_assign(
-                anomaly_id=pk,
-                actor=actor,
-                assignee=data["assignee"],
-                note=data["note"],
+            lambda pk, actor, data: reopen(
+                **{id_field: pk}, actor=actor, note=data["note"]
             ),
         ),
     ]
+    return {review.name: review for review in reviews}
+
+
+REVIEWS = {
+    **status_reviews(
+        acknowledge=anomaly_acknowledge,
+        resolve=anomaly_resolve,
+        reopen=anomaly_reopen,
+        id_field="anomaly_id",
+    ),
+    "assign": Review(
+        "assign",
+        "Assign",
+        "assigned",
+        None,
+        ASSIGNABLE,
+        AssignForm,
+        lambda pk, actor, data: anomaly_assign(
+            anomaly_id=pk,
+            actor=actor,
+            assignee=data["assignee"],
+            note=data["note"],
+        ),
+    ),
 }
 
 
