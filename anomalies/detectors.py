@@ -185,7 +185,8 @@ def detect_cohort(day: date, tenant_id: int | None = None) -> list[Finding]:
               AND pt.median >= %(min_traces)s
               AND (day.cost > day.high * pc.median OR day.cost < day.low * pc.median)
         ),
-        {_own_expectation("candidates")}
+        {_own_expectation("candidates")},
+        volume AS ({_median_sql("history", "trace_count")})
         SELECT c.id, c.tenant_id, c.scope_type, c.project_id, c.scope_id,
                c.cost, c.peer_median, c.high, c.peer_max, c.trace_count,
                COALESCE(volume.median, c.peer_traces), med.median, med.n,
@@ -301,9 +302,9 @@ def _own_expectation(scopes: str) -> str:
     CTEs for each row of ``scopes`` (a CTE with id and the scope's key):
     ``window_days`` (its summaries in the baseline window), ``history`` (the
     complete ones: without the scope's first day there, unless that is the
-    window's first day), ``med`` (their median cost and count), ``volume``
-    (their median trace count) and ``weekly`` (the median cost and count of
-    the same weekday in the last WEEKS weeks).
+    window's first day), ``med`` (their median cost and count) and
+    ``weekly`` (the median cost and count of the same weekday in the last
+    WEEKS weeks).
     """
     weekdays = ", ".join(f"%(week_{n})s" for n in range(1, WEEKS + 1))
     return f"""
@@ -318,7 +319,6 @@ def _own_expectation(scopes: str) -> str:
             WHERE period_start > first_day OR first_day = %(history_start)s
         ),
         med AS ({_median_sql("history", "cost")}),
-        volume AS ({_median_sql("history", "trace_count")}),
         same_weekday AS (
             SELECT id, cost FROM history WHERE period_start IN ({weekdays})
         ),
@@ -362,12 +362,15 @@ def detect_baseline(day: date, tenant_id: int | None = None) -> list[Finding]:
                    CASE WHEN weekly.n >= %(weekday_min)s AND weekly.median > med.median
                         THEN weekly.median ELSE med.median END AS expected
             FROM day JOIN med ON med.id = day.id
-            JOIN volume ON volume.id = day.id
             LEFT JOIN weekly ON weekly.id = day.id
             WHERE med.n >= %(min_days)s AND day.cost > med.median * %(min_ratio)s
-              AND (day.scope_type NOT IN {MIXED_SCOPES}
-                   OR day.trace_count >= volume.median * %(min_volume)s)
         ),
+        -- The usual trace count, for the users and epics among them only.
+        mixed_history AS (
+            SELECT h.id, h.trace_count FROM candidates c JOIN history h ON h.id = c.id
+            WHERE c.scope_type IN {MIXED_SCOPES}
+        ),
+        volume AS ({_median_sql("mixed_history", "trace_count")}),
         deviation AS (
             SELECT c.id, ABS(h.cost - c.median) AS dev
             FROM candidates c JOIN history h ON h.id = c.id
@@ -376,8 +379,11 @@ def detect_baseline(day: date, tenant_id: int | None = None) -> list[Finding]:
         SELECT c.id, c.tenant_id, c.scope_type, c.project_id, c.scope_id,
                c.cost, c.expected
         FROM candidates c JOIN mad ON mad.id = c.id
+        LEFT JOIN volume ON volume.id = c.id
         WHERE c.cost > c.median + %(k)s * %(scale)s * mad.median
           AND c.cost > c.expected * %(min_ratio)s
+          AND (c.scope_type NOT IN {MIXED_SCOPES}
+               OR c.trace_count >= volume.median * %(min_volume)s)
     """
     params = {
         **_window_params(start),

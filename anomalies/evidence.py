@@ -125,8 +125,9 @@ def anomaly_explanation(*, anomaly: CostAnomaly) -> Explanation:
                 "rule): a runaway loop or an oversized request."
             ),
             expected=(
-                "The 95th-percentile trace cost of this agent: the median of its "
-                f"daily values over the {detectors.TRACE_DAYS} days before."
+                "The 95th percentile of this agent's trace costs over the "
+                f"{detectors.TRACE_DAYS} days before, within 10% (read from its "
+                "daily trace cost histogram)."
             ),
             peers=[],
             peer_count=0,

@@ -27,6 +27,38 @@ from anomalies.models import AnomalyStatus, CostAnomaly, Incident
 from billing.models import UsageRecord
 
 
+def _incident_for(members: list[CostAnomaly]) -> int:
+    """
+    A new group's incident: the one its key names, if that has no members
+    of another group left (its members' causes changed since), else a new
+    one keyed apart by the first member's id.
+    """
+    first = members[0]
+    key = incident_key(first)
+    taken = (
+        CostAnomaly.objects.filter(
+            incident__tenant_id=first.tenant_id,
+            incident__period_start=first.period_start,
+            incident__key=key,
+        )
+        .exclude(pk__in=[a.pk for a in members])
+        .exists()
+    )
+    if taken:
+        key = f"{key[:240]}#{first.pk}"
+    incident, _ = Incident.objects.get_or_create(
+        tenant_id=first.tenant_id,
+        period_start=first.period_start,
+        key=key,
+        defaults={
+            "period_end": first.period_end,
+            "title": incident_title(members),
+            "impact": first.impact,
+        },
+    )
+    return incident.pk
+
+
 class _Components:
     """Union-find over anomaly ids: the smallest id of a group is its root."""
 
@@ -222,21 +254,7 @@ def incidents_group(*, period_start: datetime, tenant_ids: Iterable[int]) -> int
     touched: set[int] = set()
     for members in groups.values():
         current = {a.incident_id for a in members if a.incident_id}
-        if current:
-            incident_id = min(current)
-        else:
-            first = members[0]
-            incident, _ = Incident.objects.get_or_create(
-                tenant_id=first.tenant_id,
-                period_start=first.period_start,
-                key=incident_key(first),
-                defaults={
-                    "period_end": first.period_end,
-                    "title": incident_title(members),
-                    "impact": first.impact,
-                },
-            )
-            incident_id = incident.pk
+        incident_id = min(current) if current else _incident_for(members)
         strays = [a.pk for a in members if a.incident_id != incident_id]
         if strays:
             moved += CostAnomaly.objects.filter(pk__in=strays).update(

@@ -88,8 +88,14 @@ def _transition(
     # Locked: a concurrent transition waits, and then this one reads (and
     # says) the status it left, not the one before it. Its incident first,
     # as the incident actions lock them, so that the two cannot deadlock.
-    _lock_incident_of(anomaly_id)
+    incident_id = _lock_incident_of(anomaly_id)
     before = CostAnomaly.objects.select_for_update().get(pk=anomaly_id)
+    if before.incident_id != incident_id:
+        # Detection regrouped it while this waited: locking its new incident
+        # now would take the locks in the other order.
+        raise InvalidTransition(
+            "The anomaly was just regrouped into another incident: try again."
+        )
     updated = CostAnomaly.objects.filter(
         pk=anomaly_id, status__in=list(allowed)
     ).update(**changes)
@@ -114,7 +120,8 @@ def _transition(
     return anomaly
 
 
-def _lock_incident_of(anomaly_id: int) -> None:
+def _lock_incident_of(anomaly_id: int) -> int | None:
+    """Lock the anomaly's incident, if it has one; return its id."""
     incident_id = (
         CostAnomaly.objects.filter(pk=anomaly_id)
         .values_list("incident_id", flat=True)
@@ -122,6 +129,7 @@ def _lock_incident_of(anomaly_id: int) -> None:
     )
     if incident_id is not None:
         list(Incident.objects.select_for_update().filter(pk=incident_id))
+    return incident_id
 
 
 @transaction.atomic
@@ -394,7 +402,12 @@ def _incident_review(
 ) -> IncidentReviewResult:
     # The incident first, then its members (each through its own service, so
     # that every member's change is audited as its own).
-    incident = Incident.objects.select_for_update().get(pk=incident_id)
+    incident = Incident.objects.select_for_update().filter(pk=incident_id).first()
+    if incident is None:
+        raise InvalidTransition(
+            "The incident was merged into another one by detection just now: "
+            "open its anomalies to find it."
+        )
     before = {"status": incident.status, "anomalies": incident.anomaly_count}
     result = IncidentReviewResult(incident)
     members = (

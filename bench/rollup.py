@@ -437,6 +437,14 @@ HISTORY_SQL = f"""
     ) scaled
 """
 
+TRACE_COST_DAYS = 7
+TRACE_COST_HISTORY_SQL = """
+    INSERT INTO billing_dailytracecost
+        (day, tenant_id, project_id, agent_id, bucket, traces)
+    SELECT c.day - d, c.tenant_id, c.project_id, c.agent_id, c.bucket, c.traces
+    FROM billing_dailytracecost c, generate_series(1, %(days)s) d
+"""
+
 CHECK_SQL = """
     SELECT count(*) FILTER (WHERE r.input_tokens <> s.input OR r.cost <> s.cost)
     FROM (SELECT * FROM billing_usagerecord TABLESAMPLE SYSTEM (1)) r,
@@ -512,7 +520,10 @@ def generate(postgres_url: str, rows: int) -> dict[str, Any]:
         log(f"{shape['scope_usage']:,} daily scope usage rows in {timer.seconds:.0f} s")
         with Timer() as timer:
             shape["trace_costs"] = run(trace_costs.fill_sql("postgresql")).rowcount
-        log(f"{shape['trace_costs']:,} daily trace cost rows in {timer.seconds:.0f} s")
+            # The week before, for the expensive-trace rule: the same
+            # histograms (a week with no runaway traces of its own).
+            run(TRACE_COST_HISTORY_SQL, {"days": TRACE_COST_DAYS})
+        log(f"{shape['trace_costs']:,} trace cost rows a day in {timer.seconds:.0f} s")
         (mismatched,) = run(CHECK_SQL).fetchone()
         if mismatched:
             raise RuntimeError(f"{mismatched} records whose totals != breakdown")

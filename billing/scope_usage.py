@@ -271,6 +271,9 @@ class SqliteTriggers(MaintainDailyScopeUsage):
     its triggers and trips over the other table's triggers that name it: a
     migration that alters a ledger table starts with ``create=False`` and
     ends with ``create=True``. Postgres alters in place and keeps them.
+    Since billing 0015 the usage records also carry the daily trace cost
+    triggers: a migration altering that table does the same with
+    ``billing.trace_costs.SqliteTraceCostTriggers``.
     """
 
     def __init__(self, *, create: bool) -> None:

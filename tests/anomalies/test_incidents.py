@@ -193,3 +193,30 @@ def test_a_member_reopened_by_detection_reopens_the_incident(tenant, staff_user)
     record(finding(tenant, "agent", "bot", project="web", observed=500))
     incident.refresh_from_db()
     assert incident.status == "open"
+
+
+def test_a_new_group_never_joins_an_incident_another_group_holds(tenant):
+    # u1's incident is keyed by trace T1; u1's top trace then becomes T2, and
+    # e1, which T1 tops now, is not related to u1 by anything.
+    ledger(tenant, "T1", "40", project_id="p1", agent_id="a1", user_id="u1")
+    record(finding(tenant, "user", "u1", "spike_vs_baseline", observed=50))
+    ledger(tenant, "T2", "100", project_id="p3", agent_id="a3", user_id="u1")
+    UsageRecord.objects.filter(trace_id="T1").update(epic_id="e1")
+    record(
+        finding(tenant, "user", "u1", "spike_vs_baseline", observed=150),
+        finding(tenant, "epic", "e1", "high_cost", project="p1", observed=40),
+    )
+    user, epic = (CostAnomaly.objects.get(scope_type=t) for t in ("user", "epic"))
+    assert user.incident_id != epic.incident_id
+    assert Incident.objects.get(pk=epic.incident_id).key == f"trace:T1#{epic.pk}"
+
+
+def test_acting_on_an_incident_merged_away_says_so(tenant, staff_user):
+    record(finding(tenant, "agent", "bot", project="web"))
+    incident = Incident.objects.get()
+    CostAnomaly.objects.update(incident=None)
+    Incident.objects.all().delete()
+    with pytest.raises(InvalidTransition, match="merged into another one"):
+        incident_resolve(
+            incident_id=incident.pk, actor=Actor.staff(staff_user), reason="fixed"
+        )
