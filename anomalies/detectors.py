@@ -19,7 +19,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
 from django.db import connection
+from django.db.models import Q
 
+from billing.models import CostSummary
 from billing.scope_usage import BILLABLE
 from billing.tenancy import tenant_context
 from billing.trace_costs import BUCKETS_PER_OCTAVE
@@ -46,6 +48,8 @@ BASELINE_MIN_DAYS = 7
 # scope that always costs that much more than its peers out of the cohort
 # rule: being expensive is its normal.
 BASELINE_MAD_K = Decimal("5")
+# The baseline's first pass keeps scopes above this share of the bar.
+ROUGH_MARGIN = Decimal("0.75")
 BASELINE_MIN_RATIO = Decimal("2")
 MAD_SCALE = Decimal("1.4826")  # MAD -> standard deviation for normal data
 # Users and epics mix many agents: their day swings with which agents their
@@ -68,8 +72,8 @@ STEADY_LOW = Decimal("0.5")
 STEADY_HIGH = Decimal("2")
 
 # Expensive-trace rule: an agent's recent p95 is over its traces of the last
-# TRACE_DAYS days, at least TRACE_MIN_DAYS of them with traces and
-# TRACE_MIN_TRACES traces in all.
+# TRACE_DAYS days: TRACE_MIN_TRACES traces in all, and at least
+# TRACE_MIN_DAYS days with traces in one cost bucket (a week, not a burst).
 TRACE_DAYS = 7
 TRACE_MIN_DAYS = 3
 TRACE_MIN_TRACES = 20
@@ -102,7 +106,9 @@ def _bounds(day: date) -> tuple[datetime, datetime]:
     return start, start + DAY
 
 
-def _rows(sql: str, params: dict, tenant_id: int | None) -> list[tuple]:
+def _rows(
+    sql: str, params: dict, tenant_id: int | None, *, nested_loops: bool = True
+) -> list[tuple]:
     adapt = connection.ops.adapt_datetimefield_value
     params = {k: adapt(v) if isinstance(v, datetime) else v for k, v in params.items()}
     params["tenant"] = tenant_id
@@ -118,6 +124,12 @@ def _rows(sql: str, params: dict, tenant_id: int | None) -> list[tuple]:
             # history (2.8M rows at 100k scopes), in memory rather than on disk.
             cursor.execute("SET LOCAL jit = off")
             cursor.execute("SET LOCAL work_mem = '256MB'")
+            if not nested_loops:
+                # For a query that joins whole sets, whose tables' statistics
+                # lag behind a day's growth: the daily trace costs' did, and
+                # a nested loop planned on them took 60 s instead of 6 at
+                # 100k scopes.
+                cursor.execute("SET LOCAL enable_nestloop = off")
         cursor.execute(sql, params)
         return cursor.fetchall()
 
@@ -347,14 +359,28 @@ def detect_baseline(day: date, tenant_id: int | None = None) -> list[Finding]:
     Saturday is compared with its Saturdays.
     """
     start, _ = _bounds(day)
-    # Only a scope above BASELINE_MIN_RATIO x its median can be flagged, so
-    # the MAD (a second pass over the history) is computed for those alone.
+    # One cheap pass over every scope's window (its median of all days)
+    # keeps the scopes that could be flagged, generously (ROUGH_MARGIN):
+    # leaving a partial first day out moves a median by one rank at most.
+    # The complete-day history, its weekday median and the MAD (more passes
+    # over the history) are computed for those alone.
     sql = f"""
-        WITH day AS (
+        WITH today AS (
             SELECT s.id, s.tenant_id, s.scope_type, s.project_id, s.scope_id,
                    s.cost, s.trace_count
             FROM billing_costsummary s {ACTIVE}
             WHERE s.period_start = %(start)s AND s.cost > 0 {TENANT_FILTER}
+        ),
+        all_days AS (
+            SELECT today.id, h.cost
+            FROM today JOIN billing_costsummary h ON {SAME_SCOPE.format("today")}
+             AND h.period_start >= %(history_start)s AND h.period_start < %(start)s
+        ),
+        rough AS ({_median_sql("all_days", "cost")}),
+        day AS (
+            SELECT today.* FROM today JOIN rough ON rough.id = today.id
+            WHERE rough.n >= %(min_days)s
+              AND today.cost > rough.median * %(min_ratio)s * %(rough_margin)s
         ),
         {_own_expectation("day")},
         candidates AS (
@@ -391,6 +417,7 @@ def detect_baseline(day: date, tenant_id: int | None = None) -> list[Finding]:
         "min_ratio": BASELINE_MIN_RATIO,
         "weekday_min": WEEKDAY_MIN_DAYS,
         "min_volume": MIXED_MIN_VOLUME,
+        "rough_margin": ROUGH_MARGIN,
         "k": BASELINE_MAD_K,
         "scale": MAD_SCALE,
     }
@@ -472,26 +499,26 @@ def detect_expensive_traces(day: date, tenant_id: int | None = None) -> list[Fin
     from the ledger, and is the finding's observed value.
     """
     start, end = _bounds(day)
-    per_octave = BUCKETS_PER_OCTAVE
+    # One pass over the week's histograms (a day's for every agent is a few
+    # hundred thousand rows); the agents are matched by hashing, never by a
+    # lookup per agent (one agent's week is a handful of rows).
     sql = f"""
         WITH today AS (
             SELECT c.tenant_id, c.project_id, c.agent_id, MAX(c.bucket) AS top
             FROM billing_dailytracecost c
-            JOIN billing_tenant t ON t.id = c.tenant_id AND t.status = 'active'
             WHERE c.day = %(day)s AND c.traces > 0
               AND (%(tenant)s IS NULL OR c.tenant_id = %(tenant)s)
             GROUP BY c.tenant_id, c.project_id, c.agent_id
         ),
-        week AS (
-            SELECT h.tenant_id, h.project_id, h.agent_id, h.day, h.bucket, h.traces
-            FROM today JOIN billing_dailytracecost h
-              ON h.tenant_id = today.tenant_id AND h.project_id = today.project_id
-             AND h.agent_id = today.agent_id
-            WHERE h.day >= %(since)s AND h.day < %(day)s AND h.traces > 0
-        ),
+        -- Each bucket of the week, and on how many of its days: an agent's
+        -- days with traces are at least its busiest bucket's.
         buckets AS (
-            SELECT tenant_id, project_id, agent_id, bucket, SUM(traces) AS traces
-            FROM week GROUP BY tenant_id, project_id, agent_id, bucket
+            SELECT c.tenant_id, c.project_id, c.agent_id, c.bucket,
+                   SUM(c.traces) AS traces, COUNT(*) AS days
+            FROM billing_dailytracecost c
+            WHERE c.day >= %(since)s AND c.day < %(day)s AND c.traces > 0
+              AND (%(tenant)s IS NULL OR c.tenant_id = %(tenant)s)
+            GROUP BY c.tenant_id, c.project_id, c.agent_id, c.bucket
         ),
         ranked AS (
             SELECT buckets.*,
@@ -501,61 +528,78 @@ def detect_expensive_traces(day: date, tenant_id: int | None = None) -> list[Fin
                    ) AS running,
                    SUM(traces) OVER (
                        PARTITION BY tenant_id, project_id, agent_id
-                   ) AS total
+                   ) AS total,
+                   MAX(days) OVER (PARTITION BY tenant_id, project_id, agent_id)
+                       AS busiest
             FROM buckets
         ),
         p95 AS (
             SELECT tenant_id, project_id, agent_id, MIN(bucket) AS bucket,
-                   MAX(total) AS total
+                   MAX(total) AS total, MAX(busiest) AS days
             FROM ranked WHERE running >= 0.95 * total
             GROUP BY tenant_id, project_id, agent_id
-        ),
-        days AS (
-            SELECT tenant_id, project_id, agent_id, COUNT(DISTINCT day) AS days
-            FROM week GROUP BY tenant_id, project_id, agent_id
         )
-        SELECT s.id, today.tenant_id, today.project_id, today.agent_id,
-               p95.bucket, t.anomaly_trace_factor
+        SELECT today.tenant_id, today.project_id, today.agent_id, p95.bucket,
+               t.anomaly_trace_factor
         FROM today
         JOIN p95 ON p95.tenant_id = today.tenant_id
          AND p95.project_id = today.project_id AND p95.agent_id = today.agent_id
-        JOIN days ON days.tenant_id = today.tenant_id
-         AND days.project_id = today.project_id AND days.agent_id = today.agent_id
-        JOIN billing_tenant t ON t.id = today.tenant_id
-        JOIN billing_costsummary s ON s.tenant_id = today.tenant_id
-         AND s.scope_type = 'agent' AND s.project_id = today.project_id
-         AND s.scope_id = today.agent_id AND s.period_start = %(start)s
-        WHERE days.days >= %(min_days)s AND p95.total >= %(min_traces)s
+        JOIN billing_tenant t ON t.id = today.tenant_id AND t.status = 'active'
+        WHERE p95.total >= %(min_traces)s AND p95.days >= %(min_days)s
           -- The top bucket's upper edge above factor x the p95 bucket's lower
           -- edge: whatever in the top bucket might be far enough above.
           AND today.top + 1 - p95.bucket
-              > {per_octave} * log(2.0, t.anomaly_trace_factor)
+              > {BUCKETS_PER_OCTAVE} * log(2.0, t.anomaly_trace_factor)
     """
     adapt_day = connection.ops.adapt_datefield_value
     params = {
         "day": adapt_day(day),
         "since": adapt_day(day - TRACE_DAYS * DAY),
-        "start": start,
-        "min_days": TRACE_MIN_DAYS,
         "min_traces": TRACE_MIN_TRACES,
+        "min_days": TRACE_MIN_DAYS,
     }
     candidates = {
-        (tenant, project, agent): (row_id, _bucket_middle(bucket), _decimal(factor))
-        for row_id, tenant, project, agent, bucket, factor in _rows(
-            sql, params, tenant_id
+        (tenant, project, agent): (_bucket_middle(bucket), _decimal(factor))
+        for tenant, project, agent, bucket, factor in _rows(
+            sql, params, tenant_id, nested_loops=False
         )
     }
+    summaries = _agent_summaries(list(candidates), start)
     findings = []
     for key, top in _costliest_traces(sorted(candidates), start, end).items():
-        row_id, p95, factor = candidates[key]
-        if top > factor * p95:
+        p95, factor = candidates[key]
+        if top > factor * p95 and key in summaries:
             tenant, project, agent = key
             findings.append(
                 Finding(
-                    "expensive_trace", tenant, "agent", project, agent, row_id, top, p95
+                    "expensive_trace",
+                    tenant,
+                    "agent",
+                    project,
+                    agent,
+                    summaries[key],
+                    top,
+                    p95,
                 )
             )
     return sorted(findings, key=lambda f: (f.tenant_id, f.project_id, f.scope_id))
+
+
+def _agent_summaries(
+    agents: list[tuple[int, str, str]], start: datetime
+) -> dict[tuple[int, str, str], int]:
+    """The day's summary id of each of ``agents``."""
+    found = {}
+    for at in range(0, len(agents), SCOPE_BATCH):
+        wanted = Q()
+        for tenant, project, agent in agents[at : at + SCOPE_BATCH]:
+            wanted |= Q(tenant_id=tenant, project_id=project, scope_id=agent)
+        rows = CostSummary.objects.filter(
+            wanted, scope_type="agent", period_start=start
+        ).values_list("tenant_id", "project_id", "scope_id", "pk")
+        with tenant_context(sorted({t for t, _, _ in agents})):
+            found.update({(t, p, a): pk for t, p, a, pk in rows})
+    return found
 
 
 def _bucket_middle(bucket: int) -> Decimal:

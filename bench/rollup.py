@@ -459,6 +459,7 @@ GENERATED_TABLES = (
     "billing_usagerecord",
     "billing_usageadjustment",
     "billing_dailyscopeusage",
+    "billing_dailytracecost",
     "billing_costsummary",
 )
 
