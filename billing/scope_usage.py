@@ -263,18 +263,18 @@ class MaintainDailyScopeUsage(migrations.operations.base.Operation):
         return "Keep daily scope usage in step with the ledger (triggers)"
 
 
-class SqliteTriggers(MaintainDailyScopeUsage):
+class SqliteOnly:
     """
-    SQLite only: drop (``create=False``) or re-create and refill
-    (``create=True``) the triggers, the other way round when unapplied.
-    Django alters a SQLite table by copying it into a new one, which drops
-    its triggers and trips over the other table's triggers that name it: a
-    migration that alters a ledger table starts with ``create=False`` and
-    ends with ``create=True``. Postgres alters in place and keeps them.
-    Since billing 0015 the usage records also carry the daily trace cost
-    triggers: a migration altering that table does the same with
-    ``billing.trace_costs.SqliteTraceCostTriggers``.
+    For a trigger operation: on SQLite only, drop (``create=False``) or
+    re-create and refill (``create=True``) its triggers, the other way round
+    when unapplied. Django alters a SQLite table by copying it into a new
+    one, which drops its triggers and trips over the other table's triggers
+    that name it: a migration that alters a ledger table starts with
+    ``create=False`` and ends with ``create=True``. Postgres alters in place
+    and keeps them.
     """
+
+    triggers = "triggers"  # what the migration's description calls them
 
     def __init__(self, *, create: bool) -> None:
         self.create = create
@@ -293,4 +293,15 @@ class SqliteTriggers(MaintainDailyScopeUsage):
 
     def describe(self) -> str:
         action = "Re-create" if self.create else "Drop"
-        return f"{action} the daily scope usage triggers on SQLite"
+        return f"{action} the {self.triggers} on SQLite"
+
+
+class SqliteTriggers(SqliteOnly, MaintainDailyScopeUsage):
+    """
+    The daily scope usage triggers, around a migration that alters a ledger
+    table on SQLite (``SqliteOnly``). Since billing 0015 the usage records
+    also carry the daily trace cost triggers: a migration altering that
+    table does the same with ``billing.trace_costs.SqliteTraceCostTriggers``.
+    """
+
+    triggers = "daily scope usage triggers"

@@ -22,7 +22,13 @@ from __future__ import annotations
 
 from django.db import migrations
 
-from billing.scope_usage import BILLABLE, DIALECTS, OPERATIONS, statement_triggers
+from billing.scope_usage import (
+    BILLABLE,
+    DIALECTS,
+    OPERATIONS,
+    SqliteOnly,
+    statement_triggers,
+)
 
 TABLE = "billing_usagerecord"
 # Buckets per doubling of cost.
@@ -137,29 +143,10 @@ class MaintainDailyTraceCost(migrations.operations.base.Operation):
         return "Keep daily trace costs in step with the ledger (triggers)"
 
 
-class SqliteTraceCostTriggers(MaintainDailyTraceCost):
+class SqliteTraceCostTriggers(SqliteOnly, MaintainDailyTraceCost):
     """
-    SQLite only: drop (``create=False``) or re-create and refill
-    (``create=True``) the trace cost triggers, around a migration that
-    alters the usage record table (see ``billing.scope_usage.SqliteTriggers``,
-    which does the same for the scope usage triggers).
+    The daily trace cost triggers, around a migration that alters the usage
+    record table on SQLite (``billing.scope_usage.SqliteOnly``).
     """
 
-    def __init__(self, *, create: bool) -> None:
-        self.create = create
-
-    def _apply(self, create, app_label, schema_editor, from_state, to_state):
-        if schema_editor.connection.vendor != "sqlite":
-            return
-        step = super().database_forwards if create else super().database_backwards
-        step(app_label, schema_editor, from_state, to_state)
-
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        self._apply(self.create, app_label, schema_editor, from_state, to_state)
-
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        self._apply(not self.create, app_label, schema_editor, from_state, to_state)
-
-    def describe(self) -> str:
-        action = "Re-create" if self.create else "Drop"
-        return f"{action} the daily trace cost triggers on SQLite"
+    triggers = "daily trace cost triggers"

@@ -57,3 +57,34 @@ def test_the_triggers_survive_every_migration_both_ways(tmp_path):
 
     _migrate(database)
     assert _triggers(database) == TRIGGERS
+
+
+def _trace_cost_triggers(database: Path, *, create: bool) -> None:
+    script = (
+        "from django.db import connection\n"
+        "from billing.trace_costs import SqliteTraceCostTriggers\n"
+        "with connection.schema_editor() as editor:\n"
+        f"    SqliteTraceCostTriggers(create={create}).database_forwards("
+        "'billing', editor, None, None)\n"
+    )
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{database}", "DEBUG": "1"}
+    env.pop("REDIS_URL", None)
+    subprocess.run(  # noqa: S603 (our own manage.py)
+        [sys.executable, "manage.py", "shell", "-v0", "-c", script],
+        cwd=REPO,
+        env=env,
+        check=True,
+    )
+
+
+def test_a_migration_altering_the_usage_records_can_keep_the_trace_costs(tmp_path):
+    # What a future migration altering billing_usagerecord on SQLite does:
+    # drop the trace cost triggers first, put them back (refilled) after.
+    database = tmp_path / "embedded.sqlite3"
+    _migrate(database)
+
+    _trace_cost_triggers(database, create=False)
+    assert _triggers(database) == SCOPE_USAGE
+
+    _trace_cost_triggers(database, create=True)
+    assert _triggers(database) == TRIGGERS
