@@ -44,19 +44,19 @@ BASELINE_DAYS = 28
 BASELINE_MIN_DAYS = 7
 # Flag when cost > median + k * scaled MAD (robust z-score) and also above
 # this multiple of the expected cost: a flat history has MAD 0, and 1.1x of
-# a flat line is not a spike. The same multiple of its own median keeps a
-# scope that always costs that much more than its peers out of the cohort
-# rule: being expensive is its normal.
+# a flat line is not a spike. An agent's or project's day must still be
+# above it without its costliest trace (``without_single_trace_days``), and
+# a cohort verdict of low needs the scope under its usual day divided by it.
 BASELINE_MAD_K = Decimal("5")
-# The baseline's first pass keeps scopes above this share of the bar.
-ROUGH_MARGIN = Decimal("0.75")
 BASELINE_MIN_RATIO = Decimal("2")
 MAD_SCALE = Decimal("1.4826")  # MAD -> standard deviation for normal data
+# The baseline's first pass keeps scopes above this share of the bar.
+ROUGH_MARGIN = Decimal("0.75")
 # Users and epics mix many agents: their day swings with which agents their
 # few traces hit. The cost rules flag one only when its volume moved the
 # same way too, by at least this factor of its usual trace count (its own
-# median day, or its group's that day without history). One costly trace is the
-# expensive-trace rule's at its agent; a price change shows at the agent.
+# median day, or its group's that day without history). One costly trace
+# is the expensive-trace rule's at its agent; a price change shows there.
 MIXED_SCOPES = ("user", "epic")
 MIXED_MIN_VOLUME = Decimal("2")
 # Weekly seasonality: the same weekday of the previous weeks, when at least
@@ -489,9 +489,10 @@ def detect_expensive_traces(day: date, tenant_id: int | None = None) -> list[Fin
     A runaway trace: an agent's most expensive trace of the day costs more
     than the tenant's ``anomaly_trace_factor`` (default 15) times the 95th
     percentile of the agent's trace costs over the previous TRACE_DAYS days
-    (at least TRACE_MIN_DAYS of them with traces, TRACE_MIN_TRACES traces in
-    all). One trace in a busy scope hardly moves its day, so the day's rules
-    miss what this one catches.
+    (TRACE_MIN_TRACES traces in all, on at least TRACE_MIN_DAYS days in one
+    cost bucket: a week's habit, not one day's burst). One trace in a busy
+    scope hardly moves its day, so the day's rules miss what this one
+    catches.
 
     The percentile comes from the trigger-kept histogram (``DailyTraceCost``):
     the middle of its bucket, within 10%. Agents whose costliest bucket could
