@@ -1,5 +1,6 @@
 """
-What the daily scope usage triggers cost the sync's ledger writes.
+What the ledger's triggers (daily scope usage, daily trace costs) cost the
+sync's ledger writes.
 
     .venv/bin/python bench/ledger_writes.py [--pages 10] [--page-size 1000]
 
@@ -10,8 +11,9 @@ in three passes over the same pages: new traces (INSERT), the same traces
 again with one more observation each (their pending records absorb it:
 UPDATE), and marking every record reported as the Stripe sender does
 (UPDATE that changes nothing billable). Each pass runs once with the
-triggers of ``billing.scope_usage`` and once with them disabled (the
-baseline: the ledger alone), and prints traces per second and the overhead.
+triggers of ``billing.scope_usage`` and ``billing.trace_costs`` and once
+with them disabled (the baseline: the ledger alone), and prints traces per
+second and the overhead.
 After the run with triggers it checks that the scope usage equals the
 ledger's sums.
 
@@ -101,12 +103,14 @@ def set_triggers(enabled: bool) -> None:
     from billing.scope_usage import OPERATIONS
 
     action = "ENABLE" if enabled else "DISABLE"
+    # The daily trace costs' too (billing.trace_costs), on the records.
+    names = [(table, f"{table}_scope_usage") for table in TRIGGERS]
+    names.append(("billing_usagerecord", "billing_usagerecord_trace_costs"))
     with connection.cursor() as cursor:
-        for table in TRIGGERS:
+        for table, name in names:
             for operation in OPERATIONS:
                 cursor.execute(
-                    f"ALTER TABLE {table} {action} TRIGGER "
-                    f"{table}_scope_usage_{operation}"
+                    f"ALTER TABLE {table} {action} TRIGGER {name}_{operation}"
                 )
 
 
