@@ -14,8 +14,9 @@ traces costing nothing are not counted. As for ``DailyScopeUsage``
 (``billing.scope_usage``, whose shape this follows): statement-level triggers
 over transition tables on Postgres, row-level ones on SQLite; new rows count
 in, old rows out, so marking records reported nets to zero and writes
-nothing. Only billable records (pending or reported) count, at their own
-cost: a late adjustment rarely moves a trace to another bucket.
+nothing (on SQLite, such an update does not even run the trigger).
+Only billable records (pending or reported) count, at their own cost: a
+late adjustment rarely moves a trace to another bucket.
 """
 
 from __future__ import annotations
@@ -74,8 +75,22 @@ def _name(operation: str) -> str:
     return f"{TABLE}_trace_costs_{operation}"
 
 
+def _counted(row: str) -> str:
+    """What of a record the histogram counts, as a row value."""
+    columns = ", ".join(f"{row}.{c}" for c in COLUMNS)
+    return f"({columns}, {row}.status IN {BILLABLE})"
+
+
+def _changed(new: str, old: str) -> str:
+    """An updated record changed what the histogram counts (SQLite)."""
+    return f"{_counted(new)} IS NOT {_counted(old)}"
+
+
 def _postgres_sql() -> list[str]:
     def body(sides: list[tuple[str, int]]) -> str:
+        # An update's old rows count out and its new ones in, whole: joining
+        # the two transition tables to keep only the changed records (they
+        # have no index) cost ten times more than grouping them all.
         entries = [(f"SELECT * FROM {rows}", sign) for rows, sign in sides]
         return add_sql("postgresql", entries)
 
@@ -91,9 +106,12 @@ def _sqlite_sql() -> list[str]:
                 f"{side.upper()}.{c} AS {c}" for c in (*COLUMNS, "status")
             )
             entries.append((f"SELECT {picked}", 1 if side == "new" else -1))
+        # An update that changes nothing counted (marking a record
+        # reported) runs nothing.
+        when = f"WHEN {_changed('NEW', 'OLD')}" if len(sides) == 2 else ""
         statements.append(
             f"""CREATE TRIGGER {_name(operation)} AFTER {operation.upper()} ON {TABLE}
-                BEGIN {add_sql("sqlite", entries)}; END"""
+                {when} BEGIN {add_sql("sqlite", entries)}; END"""
         )
     return statements
 
