@@ -2,12 +2,14 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 
 from anomalies.detectors import detect_day, detect_expensive_traces
 from anomalies.models import CostAnomaly
 from anomalies.pipeline import detect_days, rollup_days
 from billing.ledger import Totals
 from billing.models import DailyTraceCost, UsageRecord
+from billing.tenancy import tenant_context
 
 pytestmark = pytest.mark.django_db
 
@@ -133,3 +135,26 @@ def test_a_day_high_by_volume_is_a_spike_whatever_its_top_trace(tenant):
         ("spike_vs_baseline", "project"),
         ("spike_vs_baseline", "user"),
     }
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="row-level security is Postgres's"
+)
+def test_detection_and_grouping_run_under_rls_as_the_app_role(
+    tenant, other_tenant, as_app_role
+):
+    # The histogram, the ledger reads and the incident grouping of a tenant's
+    # run see that tenant's rows only, as the app's own role.
+    days = week_of_traces(tenant, ["0.40", "0.50", "0.60", "0.45", "0.55"] * 2)
+    week_of_traces(other_tenant, ["0.50"] * 10)
+    trace(tenant, "runaway", "30.00", DAY)
+    as_app_role()
+
+    rollup_days(days, tenant_id=tenant.pk)
+    run = detect_days([DAY.date()], tenant_id=tenant.pk)
+
+    assert run.status == "succeeded"
+    with tenant_context([tenant.pk]):
+        anomaly = CostAnomaly.objects.get(anomaly_type="expensive_trace")
+        assert anomaly.incident.key == "trace:runaway"
+        assert anomaly.incident.tenant_id == tenant.pk
