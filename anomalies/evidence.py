@@ -39,6 +39,11 @@ class Explanation:
     peer_count: int
 
 
+def _times(factor: Decimal) -> str:
+    """A threshold as people write it: 3x, 0.1x, 15x (not 3.000x)."""
+    return f"{factor.normalize():f}x"
+
+
 def _same_scope(anomaly: CostAnomaly) -> QuerySet:
     return CostSummary.objects.filter(
         tenant_id=anomaly.tenant_id,
@@ -72,14 +77,14 @@ def anomaly_explanation(*, anomaly: CostAnomaly) -> Explanation:
         tenant = anomaly.tenant
         if anomaly.anomaly_type == AnomalyType.HIGH_COST:
             rule = (
-                f"Cost above {tenant.anomaly_high_ratio:g}x the group's median "
+                f"Cost above {_times(tenant.anomaly_high_ratio)} the group's median "
                 "(cohort rule, the tenant's high threshold), and above "
-                f"{tenant.anomaly_high_ratio:g}x this {anomaly.scope_type}'s own "
+                f"{_times(tenant.anomaly_high_ratio)} this {anomaly.scope_type}'s own "
                 "usual day where it has the history."
             )
         else:
             rule = (
-                f"Cost below {tenant.anomaly_low_ratio:g}x the group's median "
+                f"Cost below {_times(tenant.anomaly_low_ratio)} the group's median "
                 "(cohort rule, the tenant's low threshold), and under "
                 f"1/{detectors.BASELINE_MIN_RATIO} of this {anomaly.scope_type}'s "
                 "own usual day."
@@ -118,9 +123,10 @@ def anomaly_explanation(*, anomaly: CostAnomaly) -> Explanation:
             peer_count=0,
         )
     if anomaly.anomaly_type == AnomalyType.EXPENSIVE_TRACE:
+        factor = _times(anomaly.tenant.anomaly_trace_factor)
         return Explanation(
             rule=(
-                f"One trace cost more than {anomaly.tenant.anomaly_trace_factor:g}x "
+                f"One trace cost more than {factor} "
                 "this agent's recent 95th-percentile trace (expensive-trace "
                 "rule): a runaway loop or an oversized request."
             ),

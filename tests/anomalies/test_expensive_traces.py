@@ -5,6 +5,7 @@ import pytest
 from django.db import connection
 
 from anomalies.detectors import detect_day, detect_expensive_traces
+from anomalies.evidence import anomaly_explanation
 from anomalies.models import CostAnomaly
 from anomalies.pipeline import detect_days, rollup_days
 from billing.ledger import Totals
@@ -80,6 +81,9 @@ def test_a_runaway_trace_is_flagged_with_the_trace_as_its_cause(tenant):
     anomaly = CostAnomaly.objects.get(anomaly_type="expensive_trace")
     assert anomaly.top_contributors["traces"][0] == ["runaway", "30.0000000000"]
     assert anomaly.cause == "trace:runaway"
+    tenant.refresh_from_db()  # the factor as stored: 15.00
+    explained = anomaly_explanation(anomaly=anomaly)
+    assert "One trace cost more than 15x this agent's" in explained.rule
 
 
 def test_an_agent_with_a_heavy_tail_is_judged_by_its_own_tail(tenant):
