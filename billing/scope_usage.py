@@ -213,25 +213,40 @@ def _sqlite_sql(table: str) -> list[str]:
     return statements
 
 
-def _drop_sql(vendor: str, table: str) -> list[str]:
+def drop_triggers_sql(vendor: str, table: str, name: str) -> list[str]:
+    """Drop the triggers ``{name}_{operation}`` on ``table`` (and on Postgres
+    their functions)."""
     statements = []
     for operation in OPERATIONS:
-        name = f"{table}_scope_usage_{operation}"
+        trigger = f"{name}_{operation}"
         if vendor == "postgresql":
             statements += [
-                f"DROP TRIGGER IF EXISTS {name} ON {table}",
-                f"DROP FUNCTION IF EXISTS {name}()",
+                f"DROP TRIGGER IF EXISTS {trigger} ON {table}",
+                f"DROP FUNCTION IF EXISTS {trigger}()",
             ]
         else:
-            statements.append(f"DROP TRIGGER IF EXISTS {name}")
+            statements.append(f"DROP TRIGGER IF EXISTS {trigger}")
     return statements
 
 
-class MaintainDailyScopeUsage(migrations.operations.base.Operation):
-    """Create the triggers on both ledger tables and add the existing ledger."""
+class LedgerTriggers(migrations.operations.base.Operation):
+    """
+    Create a set of triggers on the ledger and fill the table they keep from
+    the ledger as it is; drop them when unapplied. Subclasses say which.
+    """
 
     reversible = True
     reduces_to_sql = True
+    kept_table = ""  # the table the triggers keep
+
+    def create_statements(self, vendor: str) -> list[str]:
+        raise NotImplementedError
+
+    def drop_statements(self, vendor: str) -> list[str]:
+        raise NotImplementedError
+
+    def fill_statement(self, vendor: str) -> str:
+        raise NotImplementedError
 
     def state_forwards(self, app_label, state) -> None:
         pass
@@ -242,22 +257,39 @@ class MaintainDailyScopeUsage(migrations.operations.base.Operation):
         from billing.tenancy import BYPASS_SETTING
 
         vendor = schema_editor.connection.vendor
-        build = _postgres_sql if vendor == "postgresql" else _sqlite_sql
-        for table in SOURCES:
-            for sql in build(table):
-                schema_editor.execute(sql, params=None)
+        for sql in self.create_statements(vendor):
+            schema_editor.execute(sql, params=None)
         if vendor == "postgresql":
             # All tenants' rows, also when the migrating role is subject to RLS.
             schema_editor.execute(
                 f"SELECT set_config('{BYPASS_SETTING}', 'on', true)", params=None
             )
-        schema_editor.execute("DELETE FROM billing_dailyscopeusage", params=None)
-        schema_editor.execute(fill_sql(vendor), params=None)
+        schema_editor.execute(f"DELETE FROM {self.kept_table}", params=None)
+        schema_editor.execute(self.fill_statement(vendor), params=None)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        for table in SOURCES:
-            for sql in _drop_sql(schema_editor.connection.vendor, table):
-                schema_editor.execute(sql, params=None)
+        for sql in self.drop_statements(schema_editor.connection.vendor):
+            schema_editor.execute(sql, params=None)
+
+
+class MaintainDailyScopeUsage(LedgerTriggers):
+    """Create the triggers on both ledger tables and add the existing ledger."""
+
+    kept_table = "billing_dailyscopeusage"
+
+    def create_statements(self, vendor: str) -> list[str]:
+        build = _postgres_sql if vendor == "postgresql" else _sqlite_sql
+        return [sql for table in SOURCES for sql in build(table)]
+
+    def drop_statements(self, vendor: str) -> list[str]:
+        return [
+            sql
+            for table in SOURCES
+            for sql in drop_triggers_sql(vendor, table, f"{table}_scope_usage")
+        ]
+
+    def fill_statement(self, vendor: str) -> str:
+        return fill_sql(vendor)
 
     def describe(self) -> str:
         return "Keep daily scope usage in step with the ledger (triggers)"

@@ -21,17 +21,18 @@ late adjustment rarely moves a trace to another bucket.
 
 from __future__ import annotations
 
-from django.db import migrations
-
 from billing.scope_usage import (
     BILLABLE,
     DIALECTS,
     OPERATIONS,
+    LedgerTriggers,
     SqliteOnly,
+    drop_triggers_sql,
     statement_triggers,
 )
 
 TABLE = "billing_usagerecord"
+NAME = f"{TABLE}_trace_costs"  # of the triggers, {NAME}_{operation}
 # Buckets per doubling of cost.
 BUCKETS_PER_OCTAVE = 4
 COLUMNS = ("tenant_id", "trace_timestamp", "project_id", "agent_id", "cost")
@@ -71,10 +72,6 @@ def fill_sql(vendor: str) -> str:
     return add_sql(vendor, [(f"SELECT * FROM {TABLE}", 1)])
 
 
-def _name(operation: str) -> str:
-    return f"{TABLE}_trace_costs_{operation}"
-
-
 def _counted(row: str) -> str:
     """What of a record the histogram counts, as a row value."""
     columns = ", ".join(f"{row}.{c}" for c in COLUMNS)
@@ -94,7 +91,7 @@ def _postgres_sql() -> list[str]:
         entries = [(f"SELECT * FROM {rows}", sign) for rows, sign in sides]
         return add_sql("postgresql", entries)
 
-    return statement_triggers(f"{TABLE}_trace_costs", TABLE, body)
+    return statement_triggers(NAME, TABLE, body)
 
 
 def _sqlite_sql() -> list[str]:
@@ -110,52 +107,25 @@ def _sqlite_sql() -> list[str]:
         # reported) runs nothing.
         when = f"WHEN {_changed('NEW', 'OLD')}" if len(sides) == 2 else ""
         statements.append(
-            f"""CREATE TRIGGER {_name(operation)} AFTER {operation.upper()} ON {TABLE}
+            f"""CREATE TRIGGER {NAME}_{operation} AFTER {operation.upper()} ON {TABLE}
                 {when} BEGIN {add_sql("sqlite", entries)}; END"""
         )
     return statements
 
 
-def _drop_sql(vendor: str) -> list[str]:
-    if vendor == "postgresql":
-        return [
-            statement
-            for operation in OPERATIONS
-            for statement in (
-                f"DROP TRIGGER IF EXISTS {_name(operation)} ON {TABLE}",
-                f"DROP FUNCTION IF EXISTS {_name(operation)}()",
-            )
-        ]
-    return [f"DROP TRIGGER IF EXISTS {_name(operation)}" for operation in OPERATIONS]
-
-
-class MaintainDailyTraceCost(migrations.operations.base.Operation):
+class MaintainDailyTraceCost(LedgerTriggers):
     """Create the triggers on the usage records and add the existing ledger."""
 
-    reversible = True
-    reduces_to_sql = True
+    kept_table = "billing_dailytracecost"
 
-    def state_forwards(self, app_label, state) -> None:
-        pass
+    def create_statements(self, vendor: str) -> list[str]:
+        return _postgres_sql() if vendor == "postgresql" else _sqlite_sql()
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        from billing.tenancy import BYPASS_SETTING
+    def drop_statements(self, vendor: str) -> list[str]:
+        return drop_triggers_sql(vendor, TABLE, NAME)
 
-        vendor = schema_editor.connection.vendor
-        build = _postgres_sql if vendor == "postgresql" else _sqlite_sql
-        for sql in build():
-            schema_editor.execute(sql, params=None)
-        if vendor == "postgresql":
-            # All tenants' rows, also when the migrating role is subject to RLS.
-            schema_editor.execute(
-                f"SELECT set_config('{BYPASS_SETTING}', 'on', true)", params=None
-            )
-        schema_editor.execute("DELETE FROM billing_dailytracecost", params=None)
-        schema_editor.execute(fill_sql(vendor), params=None)
-
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        for sql in _drop_sql(schema_editor.connection.vendor):
-            schema_editor.execute(sql, params=None)
+    def fill_statement(self, vendor: str) -> str:
+        return fill_sql(vendor)
 
     def describe(self) -> str:
         return "Keep daily trace costs in step with the ledger (triggers)"
