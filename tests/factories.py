@@ -2,6 +2,7 @@ import json
 
 import factory
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 
 from billing.models import Membership, Tenant
 
@@ -69,3 +70,19 @@ def tenant_form_data(tenant: Tenant, **changes) -> dict:
     if tenant.sync_enabled:
         data["sync_enabled"] = "on"
     return {**data, **changes}
+
+
+def staff_with_role(tenant: Tenant, role: str, **extra):
+    """
+    A staff user with a ``role`` in ``tenant`` who may view what `demo` staff
+    may: every view_* permission of billing and anomalies.
+    """
+    user = UserFactory(**extra)
+    user.user_permissions.set(
+        Permission.objects.filter(
+            content_type__app_label__in=["billing", "anomalies"],
+            codename__startswith="view_",
+        )
+    )
+    MembershipFactory(user=user, tenant=tenant, role=role)
+    return user

@@ -16,7 +16,6 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -29,7 +28,11 @@ from anomalies.services import anomaly_resolve, incident_resolve
 from billing.audit import Actor
 from billing.models import AuditLog, Membership
 from tests.anomalies.conftest import TODAY
-from tests.factories import MembershipFactory, TenantFactory, UserFactory
+from tests.factories import (
+    MembershipFactory,
+    TenantFactory,
+    staff_with_role,
+)
 from tests.races import race_on_row
 
 pytestmark = pytest.mark.django_db
@@ -104,19 +107,6 @@ def runaway(tenant, *, trace="runaway-trace", project="web", day=TODAY) -> Incid
     return grouped(*members)
 
 
-def staff(tenant, role, **extra):
-    """A staff user who may view what `demo` staff may, with a role in ``tenant``."""
-    user = UserFactory(**extra)
-    user.user_permissions.add(
-        *Permission.objects.filter(
-            content_type__app_label__in=["billing", "anomalies"],
-            codename__startswith="view_",
-        )
-    )
-    MembershipFactory(user=user, tenant=tenant, role=role)
-    return user
-
-
 @pytest.fixture
 def login(client, tenant, other_tenant, superuser):
     """Log the client in as one of ROLES, relative to ``tenant``."""
@@ -125,9 +115,9 @@ def login(client, tenant, other_tenant, superuser):
         if role == "superuser":
             user = superuser
         elif role == "other_tenant_operator":
-            user = staff(other_tenant, Membership.Role.OPERATOR)
+            user = staff_with_role(other_tenant, Membership.Role.OPERATOR)
         else:
-            user = staff(tenant, role)
+            user = staff_with_role(tenant, role)
         client.force_login(user)
         return user
 
@@ -273,7 +263,7 @@ def test_filters_and_search(client, tenant):
         tenant, trace="t-earlier", project="p2", day=TODAY - timedelta(days=3)
     )
     resolve_all(earlier)
-    client.force_login(staff(tenant, Membership.Role.VIEWER))
+    client.force_login(staff_with_role(tenant, Membership.Role.VIEWER))
 
     def listed(**params):
         response = client.get(reverse(CHANGELIST), params)
@@ -299,7 +289,7 @@ def test_staff_of_one_tenant_see_only_their_tenants_incidents(
     other_tenant.save()
     own = runaway(tenant, trace="ours", project="p1")
     theirs = runaway(other_tenant, trace="theirs", project="p2")
-    operator = staff(tenant, Membership.Role.OPERATOR)
+    operator = staff_with_role(tenant, Membership.Role.OPERATOR)
     client.force_login(operator)
 
     page = client.get(reverse(CHANGELIST), {"_facets": "1"})
@@ -376,7 +366,7 @@ def test_an_operator_elsewhere_and_viewer_here_may_not_act_here(client, tenant):
     here = runaway(tenant, trace="here", project="p1")
     elsewhere_tenant = TenantFactory()
     elsewhere = runaway(elsewhere_tenant, trace="elsewhere", project="p2")
-    user = staff(tenant, Membership.Role.VIEWER)
+    user = staff_with_role(tenant, Membership.Role.VIEWER)
     MembershipFactory(user=user, tenant=elsewhere_tenant, role="operator")
     client.force_login(user)
 
@@ -466,8 +456,8 @@ def test_resolving_through_the_page_resolves_every_member_and_audits_each(
 def test_a_second_resolve_says_it_is_already_resolved(client, tenant):
     incident = runaway(tenant)
     first, second = Client(), Client()
-    first.force_login(staff(tenant, "operator"))
-    second.force_login(staff(tenant, "operator"))
+    first.force_login(staff_with_role(tenant, "operator"))
+    second.force_login(staff_with_role(tenant, "operator"))
     # Both opened the intermediate page while it was open.
     assert post_action(first, "resolve", [incident]).status_code == 200
     assert post_action(second, "resolve", [incident]).status_code == 200
@@ -493,7 +483,7 @@ def test_two_operators_resolving_at_once_make_one_resolution():
     clients = []
     for _ in range(2):
         client = Client()
-        client.force_login(staff(tenant, "operator"))
+        client.force_login(staff_with_role(tenant, "operator"))
         clients.append(client)
 
     said = race_on_row(
@@ -596,7 +586,7 @@ def test_an_operator_resolves_under_the_web_roles_row_level_security(
 ):
     incident = runaway(tenant, trace="ours", project="p1")
     runaway(other_tenant, trace="theirs", project="p2")
-    client.force_login(staff(tenant, Membership.Role.OPERATOR))
+    client.force_login(staff_with_role(tenant, Membership.Role.OPERATOR))
     as_app_role()
 
     listed = client.get(reverse(CHANGELIST)).context["cl"].result_list
@@ -756,7 +746,11 @@ def _incidents(tenant, n: int) -> None:
 def test_the_list_runs_the_same_queries_for_10_and_100_incidents(
     client, tenant, superuser, who, params
 ):
-    user = superuser if who == "superuser" else staff(tenant, Membership.Role.OPERATOR)
+    user = (
+        superuser
+        if who == "superuser"
+        else staff_with_role(tenant, Membership.Role.OPERATOR)
+    )
     client.force_login(user)
 
     def queries(n: int) -> int:

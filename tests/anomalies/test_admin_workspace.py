@@ -13,7 +13,6 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -28,7 +27,11 @@ from anomalies.services import anomalies_record, anomaly_assign, anomaly_resolve
 from billing.audit import Actor
 from billing.models import Membership, Tenant, UsageRecord
 from tests.anomalies.conftest import TODAY
-from tests.factories import MembershipFactory, TenantFactory, UserFactory
+from tests.factories import (
+    TenantFactory,
+    UserFactory,
+    staff_with_role,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -49,18 +52,6 @@ def trace(tenant, trace_id, cost, *, agent="bot", user="ann", project="web"):
         cost=Decimal(cost),
         content_hash="h",
     )
-
-
-def staff(tenant, role, **extra):
-    user = UserFactory(**extra)
-    user.user_permissions.add(
-        *Permission.objects.filter(
-            content_type__app_label__in=["billing", "anomalies"],
-            codename__startswith="view_",
-        )
-    )
-    MembershipFactory(user=user, tenant=tenant, role=role)
-    return user
 
 
 @pytest.fixture
@@ -101,7 +92,7 @@ def test_the_change_page_explains_the_rule_and_shows_the_evidence(
     client, tenant, incident
 ):
     anomaly = incident[("high_cost", "agent")]
-    operator = staff(tenant, Membership.Role.OPERATOR)
+    operator = staff_with_role(tenant, Membership.Role.OPERATOR)
     anomaly_assign(
         anomaly_id=anomaly.pk, actor=Actor.staff(operator), assignee=operator
     )
@@ -226,7 +217,7 @@ def test_one_line_per_incident_counts_its_relatives(client, superuser, incident)
 
 
 def test_filters_mine_date_range_and_tenant_name_search(client, tenant, incident):
-    operator = staff(tenant, Membership.Role.OPERATOR)
+    operator = staff_with_role(tenant, Membership.Role.OPERATOR)
     mine = incident[("high_cost", "user")]
     anomaly_assign(anomaly_id=mine.pk, actor=Actor.staff(operator), assignee=operator)
     client.force_login(operator)
@@ -250,10 +241,10 @@ def test_staff_of_one_tenant_see_only_their_tenant_and_colleagues(
     client, tenant, incident
 ):
     other = TenantFactory(name="Initech Secret")
-    stranger = staff(other, Membership.Role.OPERATOR, username="stranger")
-    staff(tenant, Membership.Role.OPERATOR, username="colleague")
-    staff(tenant, Membership.Role.VIEWER, username="onlooker")
-    operator = staff(tenant, Membership.Role.OPERATOR)
+    stranger = staff_with_role(other, Membership.Role.OPERATOR, username="stranger")
+    staff_with_role(tenant, Membership.Role.OPERATOR, username="colleague")
+    staff_with_role(tenant, Membership.Role.VIEWER, username="onlooker")
+    operator = staff_with_role(tenant, Membership.Role.OPERATOR)
     client.force_login(operator)
 
     page = client.get(reverse(CHANGELIST), {"_facets": "1"}).content.decode()
@@ -270,8 +261,8 @@ def test_staff_of_one_tenant_see_only_their_tenant_and_colleagues(
 
 def test_assigning_to_someone_outside_the_tenant_is_refused(client, tenant, incident):
     other = TenantFactory()
-    stranger = staff(other, Membership.Role.OPERATOR)
-    operator = staff(tenant, Membership.Role.OPERATOR)
+    stranger = staff_with_role(other, Membership.Role.OPERATOR)
+    operator = staff_with_role(tenant, Membership.Role.OPERATOR)
     anomaly = incident[("high_cost", "agent")]
     client.force_login(operator)
 
@@ -316,7 +307,11 @@ def _anomalies(tenant, n: int) -> None:
 def test_the_changelist_runs_the_same_queries_for_10_and_100_rows(
     client, tenant, superuser, who, params
 ):
-    user = superuser if who == "superuser" else staff(tenant, Membership.Role.OPERATOR)
+    user = (
+        superuser
+        if who == "superuser"
+        else staff_with_role(tenant, Membership.Role.OPERATOR)
+    )
     client.force_login(user)
 
     def queries(n: int) -> int:
@@ -341,7 +336,7 @@ def test_a_viewer_exports_the_listed_anomalies_of_their_tenant(
         anomaly_type="high_cost", observed=Decimal(9), expected=Decimal(1),
         first_detected_at=TODAY, last_detected_at=TODAY,
     )  # fmt: skip
-    client.force_login(staff(tenant, Membership.Role.VIEWER))
+    client.force_login(staff_with_role(tenant, Membership.Role.VIEWER))
     ids = list(CostAnomaly.objects.values_list("pk", flat=True))
 
     response = client.post(
@@ -395,7 +390,7 @@ def test_search_keeps_the_filters_and_names_only_the_users_tenants(
     client, tenant, incident
 ):
     TenantFactory(name=f"{tenant.name} Secret Twin")
-    operator = staff(tenant, Membership.Role.OPERATOR)
+    operator = staff_with_role(tenant, Membership.Role.OPERATOR)
     client.force_login(operator)
 
     def listed(**params):
@@ -425,8 +420,8 @@ def test_a_tenant_filter_value_that_is_not_an_id_is_an_error_not_a_crash(
 def test_a_colleague_who_lost_the_reviewer_role_is_refused_by_the_form(
     client, tenant, incident
 ):
-    operator = staff(tenant, Membership.Role.OPERATOR)
-    leaving = staff(tenant, Membership.Role.OPERATOR)
+    operator = staff_with_role(tenant, Membership.Role.OPERATOR)
+    leaving = staff_with_role(tenant, Membership.Role.OPERATOR)
     anomaly = incident[("high_cost", "agent")]
     client.force_login(operator)
     Membership.objects.filter(user=leaving).update(role=Membership.Role.VIEWER)

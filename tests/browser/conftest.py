@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import AbstractBaseUser, Permission
+from django.contrib.auth.models import AbstractBaseUser
 from playwright.sync_api import Browser, Page, sync_playwright
 from pytest_django.live_server_helper import LiveServer
 
@@ -85,16 +85,6 @@ def page(request: pytest.FixtureRequest, browser: Browser) -> Iterator[Page]:
         path.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(path), full_page=True)
     context.close()
-
-
-def grant_view_permissions(user: AbstractBaseUser) -> None:
-    """Every view_* permission of billing and anomalies, as `demo` gives its staff."""
-    user.user_permissions.set(
-        Permission.objects.filter(
-            content_type__app_label__in=["billing", "anomalies"],
-            codename__startswith="view_",
-        )
-    )
 
 
 @pytest.fixture

@@ -26,8 +26,10 @@ from anomalies.models import AnomalyStatus, CostAnomaly, ResolutionReason
 from anomalies.services import anomalies_record, anomaly_resolve
 from billing.audit import Actor
 from billing.models import AuditLog, CostSummary, Membership, Tenant
-from tests.browser.conftest import grant_view_permissions
-from tests.factories import MembershipFactory, TenantFactory, UserFactory
+from tests.factories import (
+    TenantFactory,
+    staff_with_role,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -92,13 +94,6 @@ def detect(tenant: Tenant, agents: list[str]) -> list[CostAnomaly]:
     anomalies_record(day=day.date(), findings=findings, actor=Actor.job("detect"))
     by_agent = {a.scope_id: a for a in CostAnomaly.objects.filter(tenant=tenant)}
     return [by_agent[agent] for agent in agents]
-
-
-def staff_with_role(tenant: Tenant, role: str) -> AbstractBaseUser:
-    user = UserFactory()
-    grant_view_permissions(user)
-    MembershipFactory(user=user, tenant=tenant, role=role)
-    return user
 
 
 def audit_entries(anomaly: CostAnomaly) -> int:

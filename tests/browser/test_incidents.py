@@ -26,8 +26,11 @@ from anomalies.models import AnomalyStatus, CostAnomaly, Incident, ResolutionRea
 from anomalies.services import anomalies_record
 from billing.audit import Actor
 from billing.models import AuditLog, CostSummary, Membership, Tenant
-from tests.browser.conftest import grant_view_permissions
-from tests.factories import MembershipFactory, TenantFactory, UserFactory
+from tests.factories import (
+    TenantFactory,
+    UserFactory,
+    staff_with_role,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -91,13 +94,6 @@ def detect(tenant: Tenant, spikes: dict[Scope, Decimal]) -> None:
             )
         )
     anomalies_record(day=day.date(), findings=findings, actor=Actor.job("detect"))
-
-
-def staff_with_role(tenant: Tenant, role: str) -> AbstractBaseUser:
-    user = UserFactory()
-    grant_view_permissions(user)
-    MembershipFactory(user=user, tenant=tenant, role=role)
-    return user
 
 
 @pytest.fixture
