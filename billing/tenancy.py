@@ -67,23 +67,31 @@ def tenant_context(
     outer scope on exit. On databases without RLS this is just a transaction.
     """
     connection = connections[using]
+    # The transaction's first scope needs no restoring: the settings are
+    # transaction-local and end with it. One round trip instead of five,
+    # on every request.
+    outermost = not connection.in_atomic_block
     with transaction.atomic(using=using):
         if connection.vendor != "postgresql":
             yield
             return
         ids = ",".join(str(int(i)) for i in (tenant_ids or ()))
+        bypass = "on" if all_tenants else "off"
         with connection.cursor() as cursor:
+            if not outermost:
+                cursor.execute(
+                    "SELECT current_setting(%s, true), current_setting(%s, true)",
+                    [TENANT_IDS_SETTING, BYPASS_SETTING],
+                )
+                previous_ids, previous_bypass = cursor.fetchone()
             cursor.execute(
-                "SELECT current_setting(%s, true), current_setting(%s, true)",
-                [TENANT_IDS_SETTING, BYPASS_SETTING],
+                "SELECT set_config(%s, %s, true), set_config(%s, %s, true)",
+                [TENANT_IDS_SETTING, ids, BYPASS_SETTING, bypass],
             )
-            previous_ids, previous_bypass = cursor.fetchone()
-            _set(cursor, TENANT_IDS_SETTING, ids)
-            _set(cursor, BYPASS_SETTING, "on" if all_tenants else "off")
         yield
         # Only on success: when the block raises or asked for a rollback, the
         # rollback of this atomic (a savepoint when nested) reverts both.
-        if connection.needs_rollback:
+        if outermost or connection.needs_rollback:
             return
         with connection.cursor() as cursor:
             _set(cursor, TENANT_IDS_SETTING, previous_ids or "")

@@ -40,3 +40,19 @@ def test_tenant_context_scope_is_rolled_back_with_a_failed_block():
             assert _settings() == ("8", "off")
             raise RuntimeError
         assert _settings() == ("7", "off")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_outermost_scope_ends_with_its_transaction():
+    # Outside any transaction: the scope is set in one statement and not
+    # restored, as the settings are local to the transaction that ends.
+    assert not connection.in_atomic_block
+    with tenant_context([3]):
+        assert _settings() == ("3", "off")
+        with tenant_context(all_tenants=True):
+            assert _settings() == ("", "on")
+        assert _settings() == ("3", "off")
+    assert _settings() in ((None, None), ("", ""))
+    with pytest.raises(RuntimeError), tenant_context([4]):
+        raise RuntimeError
+    assert _settings() in ((None, None), ("", ""))
