@@ -14,7 +14,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import models
 
-from billing.models import AuditLog, Tenant
+from billing.models import ApiToken, AuditLog, Tenant
 
 
 @dataclass(frozen=True)
@@ -22,10 +22,15 @@ class Actor:
     kind: str  # one of AuditLog.ActorKind
     user: AbstractBaseUser | None = None
     correlation_id: str = ""
+    api_token: ApiToken | None = None
 
     @classmethod
     def staff(cls, user: AbstractBaseUser, correlation_id: str = "") -> Actor:
         return cls(AuditLog.ActorKind.STAFF, user, correlation_id)
+
+    @classmethod
+    def api(cls, token: ApiToken, correlation_id: str = "") -> Actor:
+        return cls(AuditLog.ActorKind.API, None, correlation_id, token)
 
     @classmethod
     def job(cls, correlation_id: str = "") -> Actor:
@@ -50,6 +55,7 @@ def audit_log_write(
         tenant=tenant,
         actor=actor.user,
         actor_kind=actor.kind,
+        api_token=actor.api_token,
         action=action,
         object_type=obj._meta.label_lower,
         object_id=str(obj.pk),

@@ -13,9 +13,11 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 
+from django.db import transaction
 from django.utils import timezone
 
 from billing.langfuse_source import Observation, Page
@@ -23,6 +25,7 @@ from billing.models import Tenant, UsageAdjustment, UsageRecord
 from billing.models.ledger import BillingStatus
 from billing.pricing import Priced, PriceSource, price_usage, token_totals
 from billing.tenancy import tenant_context
+from billing.usage_cache import usage_cache_invalidate
 
 # An accounted observation: [model, input, output, cached, "cost", price
 # source, {usage key: count}]. Source "none" with usage: held as unpriced.
@@ -351,6 +354,8 @@ def ledger_merge(*, tenant: Tenant, traces: dict[str, TraceUsage]) -> MergeResul
         .filter(trace_id__in=list(traces))
         .select_for_update()
     }
+    # Absorbing an observation can move a trace to an earlier day.
+    days_before = {r.trace_id: r.trace_timestamp for r in existing.values()}
     reported = [r.pk for r in existing.values() if r.status == BillingStatus.REPORTED]
     later: dict[int, dict[str, Entry]] = {}
     known_changes: set[tuple[int, str]] = set()
@@ -391,7 +396,21 @@ def ledger_merge(*, tenant: Tenant, traces: dict[str, TraceUsage]) -> MergeResul
     UsageAdjustment.objects.bulk_create(adjustments)
     result.created = len(new_records)
     result.adjustments = len(adjustments)
+    written = [*new_records, *pending_updates, *adjustments]
+    moved = [days_before[record.trace_id] for record in pending_updates]
+    _usage_changed_on_commit(
+        tenant.pk, [row.trace_timestamp for row in written] + moved
+    )
     return result
+
+
+def _usage_changed_on_commit(tenant_id: int, timestamps: list[datetime]) -> None:
+    """Outdate the cached usage summaries of these days once the write commits."""
+    if timestamps:
+        days = {timestamp.astimezone(UTC).date() for timestamp in timestamps}
+        transaction.on_commit(
+            partial(usage_cache_invalidate, tenant_id=tenant_id, days=days)
+        )
 
 
 def ledger_reprice_unpriced(*, tenant: Tenant) -> int:
@@ -439,6 +458,7 @@ def _release_if_priced(row: UsageRecord | UsageAdjustment) -> bool:
     totals.apply_to(row)
     row.status, row.skip_reason = BillingStatus.PENDING, ""
     row.save()
+    _usage_changed_on_commit(row.tenant_id, [row.trace_timestamp])
     return True
 
 

@@ -4,6 +4,7 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
+from billing.api_auth import API_PREFIX, api_request_authenticate, claimed_tenant_id
 from billing.models import Tenant
 from billing.selectors import tenant_ids_for_user
 from billing.tenancy import tenant_context
@@ -15,12 +16,15 @@ class TenantRLSMiddleware:
 
     Sets ``request.tenant_ids`` (None: every tenant, for superusers) so that
     admin ``get_queryset`` and the API filter with the same list RLS enforces.
+    API requests are scoped by their bearer token instead (``_api_call``).
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info.startswith(API_PREFIX):
+            return self._api_call(request)
         tenant_ids = tenant_ids_for_user(user=request.user)
         request.tenant_ids = tenant_ids
         # The web role cannot lift RLS, not even for a superuser: name every
@@ -31,4 +35,19 @@ class TenantRLSMiddleware:
             else list(Tenant.objects.values_list("pk", flat=True))
         )
         with tenant_context(scope):
+            return self.get_response(request)
+
+    def _api_call(self, request: HttpRequest) -> HttpResponse:
+        """
+        An API client's scope is its token's tenant, whoever the session
+        names: the lookup runs under the tenant the token claims, and a
+        refused token leaves the request with no tenant at all.
+        """
+        claimed = claimed_tenant_id(request)
+        with tenant_context([claimed] if claimed is not None else []):
+            tenant_id = api_request_authenticate(request)
+            request.tenant_ids = [] if tenant_id is None else [tenant_id]
+            if tenant_id is None and claimed is not None:
+                with tenant_context([]):
+                    return self.get_response(request)
             return self.get_response(request)

@@ -6,6 +6,7 @@ from billing.app_role import app_role_ensure
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
 
 pytest_plugins = [
+    "tests.fixtures.api",
     "tests.fixtures.langfuse",
     "tests.fixtures.stripe",
 ]

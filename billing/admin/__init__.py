@@ -1,5 +1,5 @@
 """The billing admin, one module per concern; importing it registers them."""
 
-from billing.admin import audit_log, costs, ledger, reports, runs, tenants
+from billing.admin import api_tokens, audit_log, costs, ledger, reports, runs, tenants
 
-__all__ = ["audit_log", "costs", "ledger", "reports", "runs", "tenants"]
+__all__ = ["api_tokens", "audit_log", "costs", "ledger", "reports", "runs", "tenants"]

@@ -19,6 +19,7 @@ class AuditLogAdmin(OfferedActionsOnlyMixin, TenantScopedAdminMixin, admin.Model
         "tenant",
         "actor",
         "actor_kind",
+        "api_token",
         "action",
         "object_type",
         "object_id",
@@ -33,9 +34,9 @@ class AuditLogAdmin(OfferedActionsOnlyMixin, TenantScopedAdminMixin, admin.Model
     ]
     search_fields = ["object_id", "note", "correlation_id"]
     date_hierarchy = "created_at"
-    # Both are nullable, so Django would not join them by itself: one
-    # lookup per row each (111 queries for 100 rows).
-    list_select_related = ["tenant", "actor"]
+    # All nullable, so Django would not join them by itself: one lookup per
+    # row each (111 queries for 100 rows).
+    list_select_related = ["tenant", "actor", "api_token"]
 
     def has_add_permission(self, request) -> bool:
         return False

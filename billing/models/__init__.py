@@ -1,3 +1,4 @@
+from billing.models.api_tokens import ApiToken
 from billing.models.costs import (
     AnalyticsRun,
     CostSummary,
@@ -16,6 +17,7 @@ from billing.models.tenants import AuditLog, Membership, Tenant
 
 __all__ = [
     "AnalyticsRun",
+    "ApiToken",
     "AuditLog",
     "CostSummary",
     "DailyScopeUsage",

@@ -235,6 +235,15 @@ class AuditLog(models.Model):
         related_name="+",
     )
     actor_kind = models.CharField(max_length=16, choices=ActorKind.choices)
+    # The API client that acted, when actor_kind is "api" (tokens are
+    # revoked, never deleted).
+    api_token = models.ForeignKey(
+        "billing.ApiToken",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
     action = models.CharField(max_length=64)
     object_type = models.CharField(max_length=64)
     object_id = models.CharField(max_length=64)

@@ -4,10 +4,11 @@ without a Langfuse or Stripe account.
 
 Starts the Langfuse and Stripe emulators in this process, fills Langfuse with
 seeded usage, creates (or refreshes) one tenant per generated Langfuse project
-with a Stripe customer, an admin login and a tenant-scoped operator login,
-runs the sync, rolls the costs up and detects anomalies (the generated usage
-carries a cost spike, a cost drop and a scope that stops), prints a summary,
-then serves the admin while the emulators keep running.
+with a Stripe customer, an admin login, a tenant-scoped operator login and
+an operator API token, runs the sync, rolls the costs up and detects
+anomalies (the generated usage carries a cost spike, a cost drop and a scope
+that stops), prints a summary, then serves the admin and the API while the
+emulators keep running.
 
 The emulators start empty on every run, so a ledger kept from an earlier run
 would read as billed but never sent to this run's Stripe. ``--fresh`` (which
@@ -44,6 +45,7 @@ from django.utils import timezone
 
 from anomalies.models import AnomalyType, CostAnomaly
 from anomalies.pipeline import detect_days, rollup_days
+from billing.api_tokens import api_token_create
 from billing.audit import Actor
 from billing.emulators.base import EmulatorServer
 from billing.emulators.langfuse import LangfuseEmulator
@@ -196,6 +198,16 @@ class Command(BaseCommand):
         self.stdout.write(f"  login admin / {admin_password} (superuser)")
         self.stdout.write(
             f"  login operator / {operator_password} (sees {tenants[0].name} only)"
+        )
+        token = api_token_create(
+            tenant=tenants[0], name="demo", role=Membership.Role.OPERATOR, actor=actor
+        ).raw
+        base = f"http://127.0.0.1:{options['port']}/api/v1"
+        self.stdout.write(f"API:      {base}/docs")
+        self.stdout.write(f"  token {token} (operator of {tenants[0].name})")
+        self.stdout.write(
+            f'  curl -H "Authorization: Bearer {token}" '
+            f'"{base}/usage?period={timezone.now():%Y-%m}"'
         )
         if options["no_serve"]:
             langfuse_server.stop()

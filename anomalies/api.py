@@ -1,0 +1,292 @@
+"""
+The REST API of cost anomalies and incidents: list, read, review.
+
+Handlers only parse input and call the same services as the admin
+(``anomalies.services``), with the API token as the audited actor. Every
+query is the token's tenant's (and row-level security scopes the request to
+it as well): another tenant's anomaly is a 404, not a 403, so ids tell a
+client nothing about other tenants.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Literal
+
+from django.db.models import Prefetch, QuerySet
+from django.http import HttpRequest
+from django.shortcuts import get_object_or_404
+from ninja import Field, Path, Query, Router, Schema
+from pydantic import ConfigDict, model_validator
+
+from anomalies.models import (
+    AnomalyStatus,
+    AnomalyType,
+    CostAnomaly,
+    Incident,
+    ResolutionReason,
+)
+from anomalies.services import (
+    anomaly_acknowledge,
+    anomaly_reopen,
+    anomaly_resolve,
+    incident_acknowledge,
+    incident_reopen,
+    incident_resolve,
+)
+from billing.api_auth import api_actor, require_role
+from billing.api_errors import (
+    CONFLICT,
+    ERRORS,
+    NOT_FOUND,
+    BadRequest,
+    reject_unknown_params,
+)
+from billing.api_paging import DEFAULT_LIMIT, MAX_LIMIT, keyset_page
+from billing.models import Membership, ScopeType
+
+router = Router(tags=["anomalies"])
+
+MAX_ID = 2**63 - 1
+# Strings a filter compares: Postgres text holds no NUL.
+NO_NUL = r"^[^\x00]*$"
+Id = Path(..., ge=1, le=MAX_ID)
+
+
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+class PeriodFilters(Schema):
+    """Days are UTC; both ends are included."""
+
+    date_from: date | None = Field(None, description="First day of the period.")
+    date_to: date | None = Field(None, description="Last day of the period.")
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+    cursor: str | None = Field(None, max_length=200, pattern=NO_NUL)
+
+    def in_period(self, queryset: QuerySet) -> QuerySet:
+        if self.date_from and self.date_to and self.date_to < self.date_from:
+            raise BadRequest("query.date_to", "date_to is before date_from.")
+        if self.date_from:
+            queryset = queryset.filter(period_start__gte=_day_start(self.date_from))
+        if self.date_to and self.date_to < date.max:
+            end = _day_start(self.date_to + timedelta(days=1))
+            queryset = queryset.filter(period_start__lt=end)
+        return queryset
+
+
+class AnomalyFilters(PeriodFilters):
+    anomaly_type: AnomalyType | None = None
+    status: AnomalyStatus | None = None
+    scope_type: ScopeType | None = None
+    scope_id: str | None = Field(None, max_length=200, pattern=NO_NUL)
+    project_id: str | None = Field(None, max_length=200, pattern=NO_NUL)
+
+
+class IncidentFilters(PeriodFilters):
+    status: AnomalyStatus | None = None
+
+
+class AnomalyOut(Schema):
+    id: int
+    anomaly_type: AnomalyType
+    status: AnomalyStatus
+    scope_type: ScopeType
+    project_id: str = Field(description="The project of an agent or epic.")
+    scope_id: str
+    period_start: datetime
+    period_end: datetime
+    currency: Literal["usd"] = "usd"
+    observed: Decimal
+    expected: Decimal
+    ratio: Decimal | None = Field(description="observed / expected; null if 0.")
+    impact: Decimal = Field(description="How far the day is from expected.")
+    cause: str
+    top_contributors: dict
+    incident_id: int | None
+    resolution_reason: ResolutionReason | Literal[""]
+    resolution_note: str
+    resolved_at: datetime | None
+    first_detected_at: datetime
+    last_detected_at: datetime
+
+
+class AnomalyPage(Schema):
+    results: list[AnomalyOut]
+    next: str | None = Field(description="The next page, or null on the last.")
+
+
+class IncidentOut(Schema):
+    id: int
+    title: str
+    status: AnomalyStatus
+    period_start: datetime
+    period_end: datetime
+    currency: Literal["usd"] = "usd"
+    impact: Decimal = Field(description="The largest member's impact.")
+    anomaly_count: int
+    anomaly_ids: list[int]
+
+    @staticmethod
+    def resolve_anomaly_ids(incident: Incident) -> list[int]:
+        return sorted(anomaly.pk for anomaly in incident.anomalies.all())
+
+
+class IncidentPage(Schema):
+    results: list[IncidentOut]
+    next: str | None
+
+
+class ReviewIn(Schema):
+    """
+    The status to move to: ``acknowledged``, ``resolved`` (with a
+    ``resolution_reason``) or ``open`` (reopen a resolved one).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: AnomalyStatus
+    resolution_reason: ResolutionReason | None = None
+    note: str = Field("", max_length=2000, pattern=NO_NUL)
+
+    @model_validator(mode="after")
+    def _reason_with_resolve(self) -> ReviewIn:
+        if self.status == AnomalyStatus.RESOLVED and self.resolution_reason is None:
+            raise ValueError("resolution_reason is required to resolve.")
+        if self.status != AnomalyStatus.RESOLVED and self.resolution_reason:
+            raise ValueError("resolution_reason is only for status 'resolved'.")
+        return self
+
+
+class IncidentReviewOut(Schema):
+    incident: IncidentOut
+    changed: list[int] = Field(description="Members this changed.")
+    unchanged: list[int] = Field(description="Members already past it.")
+
+
+def _anomalies(request: HttpRequest) -> QuerySet:
+    return CostAnomaly.objects.for_tenant(request.auth.tenant_id)
+
+
+def _incidents(request: HttpRequest) -> QuerySet:
+    members = Prefetch("anomalies", queryset=CostAnomaly.objects.only("incident_id"))
+    return Incident.objects.for_tenant(request.auth.tenant_id).prefetch_related(members)
+
+
+@router.get(
+    "/cost-anomalies",
+    response={200: AnomalyPage, **ERRORS},
+    summary="List cost anomalies",
+)
+def anomaly_list(request: HttpRequest, filters: Query[AnomalyFilters]):
+    """The token's tenant's anomalies, newest day first, filtered."""
+    reject_unknown_params(request, AnomalyFilters)
+    queryset = filters.in_period(_anomalies(request))
+    for name in ("anomaly_type", "status", "scope_type", "scope_id", "project_id"):
+        value = getattr(filters, name)
+        if value is not None:
+            queryset = queryset.filter(**{name: value})
+    rows, next_url = keyset_page(
+        request, queryset, limit=filters.limit, cursor=filters.cursor
+    )
+    return {"results": rows, "next": next_url}
+
+
+@router.get(
+    "/cost-anomalies/{anomaly_id}",
+    response={200: AnomalyOut, **ERRORS, **NOT_FOUND},
+    summary="Read a cost anomaly",
+)
+def anomaly_detail(request: HttpRequest, anomaly_id: int = Id):
+    reject_unknown_params(request, Schema)
+    return get_object_or_404(_anomalies(request), pk=anomaly_id)
+
+
+@router.patch(
+    "/cost-anomalies/{anomaly_id}",
+    response={200: AnomalyOut, **ERRORS, **NOT_FOUND, **CONFLICT},
+    summary="Acknowledge, resolve or reopen a cost anomaly",
+)
+def anomaly_review(request: HttpRequest, payload: ReviewIn, anomaly_id: int = Id):
+    """Operator role or above; audited with the token as the actor."""
+    reject_unknown_params(request, Schema)
+    require_role(request, Membership.Role.OPERATOR)
+    anomaly = get_object_or_404(_anomalies(request), pk=anomaly_id)
+    actor = api_actor(request)
+    if payload.status == AnomalyStatus.RESOLVED:
+        return anomaly_resolve(
+            anomaly_id=anomaly.pk,
+            actor=actor,
+            reason=payload.resolution_reason,
+            note=payload.note,
+        )
+    if payload.status == AnomalyStatus.ACKNOWLEDGED:
+        return anomaly_acknowledge(
+            anomaly_id=anomaly.pk, actor=actor, note=payload.note
+        )
+    return anomaly_reopen(anomaly_id=anomaly.pk, actor=actor, note=payload.note)
+
+
+@router.get(
+    "/incidents",
+    response={200: IncidentPage, **ERRORS},
+    summary="List incidents",
+    tags=["incidents"],
+)
+def incident_list(request: HttpRequest, filters: Query[IncidentFilters]):
+    """The token's tenant's incidents (anomalies sharing a cause), newest first."""
+    reject_unknown_params(request, IncidentFilters)
+    queryset = filters.in_period(_incidents(request))
+    if filters.status is not None:
+        queryset = queryset.filter(status=filters.status)
+    rows, next_url = keyset_page(
+        request, queryset, limit=filters.limit, cursor=filters.cursor
+    )
+    return {"results": rows, "next": next_url}
+
+
+@router.get(
+    "/incidents/{incident_id}",
+    response={200: IncidentOut, **ERRORS, **NOT_FOUND},
+    summary="Read an incident",
+    tags=["incidents"],
+)
+def incident_detail(request: HttpRequest, incident_id: int = Id):
+    reject_unknown_params(request, Schema)
+    return get_object_or_404(_incidents(request), pk=incident_id)
+
+
+@router.patch(
+    "/incidents/{incident_id}",
+    response={200: IncidentReviewOut, **ERRORS, **NOT_FOUND, **CONFLICT},
+    summary="Acknowledge, resolve or reopen every member of an incident",
+    tags=["incidents"],
+)
+def incident_review(request: HttpRequest, payload: ReviewIn, incident_id: int = Id):
+    """Operator role or above; each member is audited, and the incident."""
+    reject_unknown_params(request, Schema)
+    require_role(request, Membership.Role.OPERATOR)
+    incident = get_object_or_404(_incidents(request), pk=incident_id)
+    actor = api_actor(request)
+    if payload.status == AnomalyStatus.RESOLVED:
+        result = incident_resolve(
+            incident_id=incident.pk,
+            actor=actor,
+            reason=payload.resolution_reason,
+            note=payload.note,
+        )
+    elif payload.status == AnomalyStatus.ACKNOWLEDGED:
+        result = incident_acknowledge(
+            incident_id=incident.pk, actor=actor, note=payload.note
+        )
+    else:
+        result = incident_reopen(
+            incident_id=incident.pk, actor=actor, note=payload.note
+        )
+    return {
+        "incident": _incidents(request).get(pk=incident.pk),
+        "changed": result.changed,
+        "unchanged": result.unchanged,
+    }

@@ -1,0 +1,95 @@
+"""
+Who is calling the REST API, and what their token's role lets them do.
+
+``TenantRLSMiddleware`` checks the bearer token before any view runs (the
+token names its tenant, and the request's row-level security scope is that
+tenant alone) and leaves the verdict on the request; ``TokenAuth`` turns it
+into a 401 or 403 with a message a client can act on. A session cookie is no
+credential here: the API is for programs, the admin for people.
+"""
+
+from __future__ import annotations
+
+from django.http import HttpRequest
+from ninja.errors import AuthenticationError, HttpError
+from ninja.security import HttpBearer
+
+from billing.api_tokens import api_token_authenticate, token_tenant_id
+from billing.audit import Actor
+from billing.models import ApiToken, Membership, Tenant
+
+API_PREFIX = "/api/"
+# The roles a role includes: an admin may do what an operator may, and so on.
+ROLE_RANK = {
+    Membership.Role.VIEWER: 0,
+    Membership.Role.OPERATOR: 1,
+    Membership.Role.ADMIN: 2,
+}
+
+NO_CREDENTIALS = (
+    "Authentication credentials were not provided: "
+    "send the header 'Authorization: Bearer <token>'."
+)
+INVALID_TOKEN = "Invalid or revoked API token."  # noqa: S105 (a message)
+
+
+def bearer_token(request: HttpRequest) -> str | None:
+    scheme, _, raw = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not raw.strip():
+        return None
+    return raw.strip()
+
+
+def api_request_authenticate(request: HttpRequest) -> int | None:
+    """
+    Check the request's token, in the transaction scoped to the tenant it
+    claims (the caller's); set ``request.api_token`` (None when refused) and
+    ``request.api_auth_error``. Returns the tenant to scope the request to.
+    """
+    request.api_token = None
+    raw = bearer_token(request)
+    request.api_auth_error = NO_CREDENTIALS if raw is None else INVALID_TOKEN
+    if raw is None:
+        return None
+    request.api_token = api_token_authenticate(raw=raw)
+    return request.api_token.tenant_id if request.api_token else None
+
+
+def claimed_tenant_id(request: HttpRequest) -> int | None:
+    raw = bearer_token(request)
+    return token_tenant_id(raw) if raw else None
+
+
+class TokenAuth(HttpBearer):
+    """
+    The token the middleware accepted, or a 401; a bearer scheme in the
+    OpenAPI document.
+    """
+
+    def __call__(self, request: HttpRequest) -> ApiToken:
+        token = getattr(request, "api_token", None)
+        if token is None:
+            raise AuthenticationError(401, request.api_auth_error)
+        if token.tenant.status != Tenant.Status.ACTIVE:
+            raise HttpError(403, "The tenant of this token is suspended.")
+        return token
+
+    def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
+        raise NotImplementedError("TenantRLSMiddleware checks the token.")
+
+
+def require_role(request: HttpRequest, role: str) -> ApiToken:
+    """The request's token, if its role includes ``role``; a 403 otherwise."""
+    token: ApiToken = request.auth
+    if ROLE_RANK[token.role] < ROLE_RANK[role]:
+        raise HttpError(
+            403,
+            f"This token's role is {token.role}; this needs {role} or above.",
+        )
+    return token
+
+
+def api_actor(request: HttpRequest) -> Actor:
+    return Actor.api(
+        request.auth, correlation_id=request.headers.get("X-Request-Id", "")[:64]
+    )

@@ -1,0 +1,188 @@
+"""
+The usage summary behind a cache: cache-aside, single-flight, stale while
+revalidating, versioned by the ledger's writes (seed 003 and its review).
+
+- **Key** ``usage:{tenant}:{period}``, kept ``TTL`` (10 minutes) in Django's
+  cache (Redis in production). An entry holds the response body, when it was
+  computed, and the versions of the months it covers.
+- **Versions.** Every ledger write that changes billable usage bumps the
+  version of the tenant's months it touched, when it commits
+  (``usage_cache_invalidate``). An entry whose versions are not the current
+  ones is a miss. The versions are read before the query runs, so a write
+  that commits while a summary is being computed leaves that summary stale
+  on arrival, never current with old numbers.
+- **Single-flight.** On a miss one caller, the holder of ``{key}:lock``
+  (an atomic ``add``, so across processes too), runs the query; the others
+  wait for its entry instead of running the same query.
+- **Stale while revalidate.** An entry older than ``FRESH_FOR`` is still
+  served at once, and one background thread (its own connection, its own
+  statement timeout) computes the next one.
+- **Redis down** costs the cache, not the answer: the summary is computed
+  directly and a warning logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+
+from django.core.cache import cache
+from django.db import connection, connections
+from redis.exceptions import RedisError
+
+from billing.tenancy import tenant_context
+from billing.usage_summary import UsagePeriod, usage_summary_json
+
+logger = logging.getLogger(__name__)
+
+TTL = 10 * 60
+# A hit older than this is served, and refreshed in the background.
+FRESH_FOR = 60
+# A lock outlives a caller that died holding it by at most this long.
+LOCK_TTL = 30
+# How long a caller waits for another's query before running its own, and
+# how often it looks.
+WAIT_FOR = 10.0
+POLL_EVERY = 0.01
+# The background refresh's query gives up after this long (Postgres).
+REFRESH_TIMEOUT_MS = 10_000
+CACHE_ERRORS = (RedisError, OSError)
+
+
+@dataclass(frozen=True)
+class Entry:
+    versions: tuple
+    computed_at: float
+    body: bytes
+
+
+@dataclass(frozen=True)
+class CachedSummary:
+    body: bytes
+    status: str  # hit / stale / miss / bypass (cache unavailable)
+
+
+def _key(tenant_id: int, period: UsagePeriod) -> str:
+    return f"usage:{tenant_id}:{period.label}"
+
+
+def _version_key(tenant_id: int, month: str) -> str:
+    return f"usage-version:{tenant_id}:{month}"
+
+
+def usage_summary_cached(*, tenant_id: int, period: UsagePeriod) -> CachedSummary:
+    """The summary's JSON body, from the cache when it holds a current one."""
+    key = _key(tenant_id, period)
+    version_keys = [_version_key(tenant_id, month) for month in period.months]
+    try:
+        found = cache.get_many([key, *version_keys])
+        versions = tuple(found.get(k) for k in version_keys)
+        entry = found.get(key)
+        if entry is not None and entry.versions == versions:
+            if time.time() - entry.computed_at < FRESH_FOR:
+                return CachedSummary(entry.body, "hit")
+            _refresh_in_background(tenant_id, period, versions)
+            return CachedSummary(entry.body, "stale")
+        return CachedSummary(_single_flight(tenant_id, period, versions), "miss")
+    except CACHE_ERRORS as exc:
+        logger.warning(
+            "usage cache unavailable (%s): tenant %s %s computed directly",
+            type(exc).__name__,
+            tenant_id,
+            period.label,
+        )
+        return CachedSummary(
+            usage_summary_json(tenant_id=tenant_id, period=period), "bypass"
+        )
+
+
+def _store(tenant_id: int, period: UsagePeriod, versions: tuple) -> bytes:
+    body = usage_summary_json(tenant_id=tenant_id, period=period)
+    try:
+        cache.set(_key(tenant_id, period), Entry(versions, time.time(), body), TTL)
+    except CACHE_ERRORS as exc:
+        logger.warning("usage cache unavailable (%s): not stored", type(exc).__name__)
+    return body
+
+
+def _single_flight(tenant_id: int, period: UsagePeriod, versions: tuple) -> bytes:
+    key = _key(tenant_id, period)
+    lock = f"{key}:lock"
+    deadline = time.monotonic() + WAIT_FOR
+    while time.monotonic() < deadline:
+        if cache.add(lock, 1, LOCK_TTL):
+            try:
+                return _store(tenant_id, period, versions)
+            finally:
+                cache.delete(lock)
+        time.sleep(POLL_EVERY)
+        entry = cache.get(key)
+        if entry is not None and entry.versions == versions:
+            return entry.body
+    # Whoever holds the lock is stuck: answer rather than wait on.
+    return usage_summary_json(tenant_id=tenant_id, period=period)
+
+
+def _refresh_in_background(
+    tenant_id: int, period: UsagePeriod, versions: tuple
+) -> None:
+    lock = f"{_key(tenant_id, period)}:lock"
+    if not cache.add(lock, 1, LOCK_TTL):
+        return  # being computed already
+    thread = threading.Thread(
+        target=_refresh,
+        args=(tenant_id, period, versions, lock),
+        name=f"usage-refresh-{tenant_id}",
+        daemon=True,
+    )
+    thread.start()
+
+
+def _refresh(tenant_id: int, period: UsagePeriod, versions: tuple, lock: str) -> None:
+    # A thread of its own: its own connection, closed when it is done, and
+    # a statement timeout so a slow query cannot pile refreshes up.
+    try:
+        with tenant_context([tenant_id]):
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        f"SET LOCAL statement_timeout = {REFRESH_TIMEOUT_MS}"
+                    )
+            _store(tenant_id, period, versions)
+    except Exception:
+        logger.exception("usage refresh failed: tenant %s %s", tenant_id, period.label)
+    finally:
+        with contextlib.suppress(*CACHE_ERRORS):
+            cache.delete(lock)
+        connections.close_all()
+
+
+def usage_cache_invalidate(*, tenant_id: int, days: Iterable[date]) -> None:
+    """
+    Make the cached summaries covering ``days`` of the tenant stale. Called
+    when a ledger write commits; a cache outage is logged, not raised (the
+    entries it leaves expire within ``TTL``).
+    """
+    months = {f"{day:%Y-%m}" for day in days}
+    if not months:
+        return
+    version = uuid.uuid4().hex
+    try:
+        cache.set_many(
+            {_version_key(tenant_id, month): version for month in months}, None
+        )
+    except CACHE_ERRORS as exc:
+        logger.warning(
+            "usage cache unavailable (%s): tenant %s summaries of %s may be "
+            "stale for up to %s s",
+            type(exc).__name__,
+            tenant_id,
+            ", ".join(sorted(months)),
+            TTL,
+        )
