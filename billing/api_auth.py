@@ -14,9 +14,9 @@ from django.http import HttpRequest
 from ninja.errors import AuthenticationError, HttpError
 from ninja.security import HttpBearer
 
-from billing.api_tokens import api_token_authenticate, token_tenant_id
+from billing.api_tokens import ApiClient, api_token_authenticate, token_tenant_id
 from billing.audit import Actor
-from billing.models import ApiToken, Membership, Tenant
+from billing.models import Membership
 
 API_PREFIX = "/api/"
 # The roles a role includes: an admin may do what an operator may, and so on.
@@ -43,16 +43,16 @@ def bearer_token(request: HttpRequest) -> str | None:
 def api_request_authenticate(request: HttpRequest) -> int | None:
     """
     Check the request's token, in the transaction scoped to the tenant it
-    claims (the caller's); set ``request.api_token`` (None when refused) and
+    claims (the caller's); set ``request.api_client`` (None when refused) and
     ``request.api_auth_error``. Returns the tenant to scope the request to.
     """
-    request.api_token = None
+    request.api_client = None
     raw = bearer_token(request)
     request.api_auth_error = NO_CREDENTIALS if raw is None else INVALID_TOKEN
     if raw is None:
         return None
-    request.api_token = api_token_authenticate(raw=raw)
-    return request.api_token.tenant_id if request.api_token else None
+    request.api_client = api_token_authenticate(raw=raw)
+    return request.api_client.tenant_id if request.api_client else None
 
 
 def claimed_tenant_id(request: HttpRequest) -> int | None:
@@ -66,30 +66,31 @@ class TokenAuth(HttpBearer):
     OpenAPI document.
     """
 
-    def __call__(self, request: HttpRequest) -> ApiToken:
-        token = getattr(request, "api_token", None)
-        if token is None:
+    def __call__(self, request: HttpRequest) -> ApiClient:
+        client = getattr(request, "api_client", None)
+        if client is None:
             raise AuthenticationError(401, request.api_auth_error)
-        if token.tenant.status != Tenant.Status.ACTIVE:
+        if not client.tenant_active:
             raise HttpError(403, "The tenant of this token is suspended.")
-        return token
+        return client
 
-    def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
+    def authenticate(self, request: HttpRequest, token: str) -> ApiClient | None:
         raise NotImplementedError("TenantRLSMiddleware checks the token.")
 
 
-def require_role(request: HttpRequest, role: str) -> ApiToken:
-    """The request's token, if its role includes ``role``; a 403 otherwise."""
-    token: ApiToken = request.auth
-    if ROLE_RANK[token.role] < ROLE_RANK[role]:
+def require_role(request: HttpRequest, role: str) -> ApiClient:
+    """The request's client, if its role includes ``role``; a 403 otherwise."""
+    client: ApiClient = request.auth
+    if ROLE_RANK[client.role] < ROLE_RANK[role]:
         raise HttpError(
             403,
-            f"This token's role is {token.role}; this needs {role} or above.",
+            f"This token's role is {client.role}; this needs {role} or above.",
         )
-    return token
+    return client
 
 
 def api_actor(request: HttpRequest) -> Actor:
     return Actor.api(
-        request.auth, correlation_id=request.headers.get("X-Request-Id", "")[:64]
+        request.auth.token_id,
+        correlation_id=request.headers.get("X-Request-Id", "")[:64],
     )

@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from billing.audit import Actor, audit_log_write
@@ -99,20 +99,38 @@ def api_token_revoke(*, token_id: int, actor: Actor, note: str = "") -> ApiToken
     return token
 
 
-def api_token_authenticate(*, raw: str) -> ApiToken | None:
+AUTHENTICATE_SQL = """
+    SELECT token.id, token.tenant_id, token.role, token.last_used_at, tenant.status
+    FROM billing_apitoken token
+    JOIN billing_tenant tenant ON tenant.id = token.tenant_id
+    WHERE token.key_hash = %s AND token.revoked_at IS NULL
+"""
+
+
+@dataclass(frozen=True)
+class ApiClient:
+    """Whom an accepted token speaks for: what a request needs, no more."""
+
+    token_id: int
+    tenant_id: int
+    role: str
+    tenant_active: bool
+
+
+def api_token_authenticate(*, raw: str) -> ApiClient | None:
     """
-    The active token ``raw`` names, with its tenant, or None. Runs in the
-    caller's transaction, which must see the claimed tenant's rows.
+    The client an active token ``raw`` names, or None. Runs in the caller's
+    transaction, which must see the claimed tenant's rows.
     """
-    token = (
-        ApiToken.objects.select_related("tenant")
-        .filter(key_hash=_digest(raw), revoked_at__isnull=True)
-        .first()
-    )
-    if token is None or token.tenant_id != token_tenant_id(raw):
+    # SQL of its own: this runs on every request, cache hits included, and
+    # building the same query with the ORM cost 0.8 ms of a 2 ms budget.
+    with connection.cursor() as cursor:
+        cursor.execute(AUTHENTICATE_SQL, [_digest(raw)])
+        row = cursor.fetchone()
+    if row is None or row[1] != token_tenant_id(raw):
         return None
+    token_id, tenant_id, role, last_used_at, tenant_status = row
     now = timezone.now()
-    if token.last_used_at is None or now - token.last_used_at >= TOUCH_EVERY:
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-        token.last_used_at = now
-    return token
+    if last_used_at is None or now - last_used_at >= TOUCH_EVERY:
+        ApiToken.objects.filter(pk=token_id).update(last_used_at=now)
+    return ApiClient(token_id, tenant_id, role, tenant_status == Tenant.Status.ACTIVE)

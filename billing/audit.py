@@ -14,7 +14,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import models
 
-from billing.models import ApiToken, AuditLog, Tenant
+from billing.models import AuditLog, Tenant
 
 
 @dataclass(frozen=True)
@@ -22,15 +22,15 @@ class Actor:
     kind: str  # one of AuditLog.ActorKind
     user: AbstractBaseUser | None = None
     correlation_id: str = ""
-    api_token: ApiToken | None = None
+    api_token_id: int | None = None
 
     @classmethod
     def staff(cls, user: AbstractBaseUser, correlation_id: str = "") -> Actor:
         return cls(AuditLog.ActorKind.STAFF, user, correlation_id)
 
     @classmethod
-    def api(cls, token: ApiToken, correlation_id: str = "") -> Actor:
-        return cls(AuditLog.ActorKind.API, None, correlation_id, token)
+    def api(cls, token_id: int, correlation_id: str = "") -> Actor:
+        return cls(AuditLog.ActorKind.API, None, correlation_id, token_id)
 
     @classmethod
     def job(cls, correlation_id: str = "") -> Actor:
@@ -55,7 +55,7 @@ def audit_log_write(
         tenant=tenant,
         actor=actor.user,
         actor_kind=actor.kind,
-        api_token=actor.api_token,
+        api_token_id=actor.api_token_id,
         action=action,
         object_type=obj._meta.label_lower,
         object_id=str(obj.pk),

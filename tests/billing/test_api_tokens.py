@@ -43,10 +43,17 @@ def test_authenticate_touches_last_used_at_at_most_once_a_minute(tenant, time_ma
     raw = api_token_create(
         tenant=tenant, name="ci", role="viewer", actor=Actor.system()
     ).raw
-    time_machine.move_to(timezone.now())
-    first = api_token_authenticate(raw=raw)
-    used = ApiToken.objects.get().last_used_at
-    assert first.last_used_at == used
+    time_machine.move_to(timezone.now(), tick=False)
+    client = api_token_authenticate(raw=raw)
+    token = ApiToken.objects.get()
+    assert (client.token_id, client.tenant_id, client.role, client.tenant_active) == (
+        token.pk,
+        tenant.pk,
+        "viewer",
+        True,
+    )
+    used = token.last_used_at
+    assert used == timezone.now()
     time_machine.shift(timedelta(seconds=30))
     api_token_authenticate(raw=raw)
     assert ApiToken.objects.get().last_used_at == used
@@ -173,3 +180,16 @@ def test_an_admin_cannot_revoke_another_tenant_s_token(
     client.post(CHANGELIST, {"action": "revoke", "_selected_action": [token.pk]})
     token.refresh_from_db()
     assert token.revoked_at is None
+
+
+def test_the_list_filters_active_and_revoked_tokens(client, tenant, tenant_admin):
+    for name in ("kept", "gone"):
+        api_token_create(tenant=tenant, name=name, role="viewer", actor=Actor.system())
+    api_token_revoke(
+        token_id=ApiToken.objects.get(name="gone").pk, actor=Actor.system()
+    )
+    client.force_login(tenant_admin)
+    active = client.get(CHANGELIST, {"status": "active"}).content.decode()
+    revoked = client.get(CHANGELIST, {"status": "revoked"}).content.decode()
+    assert "kept" in active and "gone" not in active
+    assert "gone" in revoked and "kept" not in revoked and "revoked " in revoked
