@@ -11,14 +11,13 @@ client nothing about other tenants.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
-from ninja import Field, Path, Query, Router, Schema
-from pydantic import ConfigDict, model_validator
+from ninja import Body, Field, Path, Query, Router, Schema
+from pydantic import ConfigDict
 
 from anomalies.models import (
     AnomalyStatus,
@@ -44,6 +43,7 @@ from billing.api_errors import (
     reject_unknown_params,
 )
 from billing.api_paging import DEFAULT_LIMIT, MAX_LIMIT, keyset_page
+from billing.api_schemas import DecimalString, IsoDate
 from billing.models import Membership, ScopeType
 
 router = Router(tags=["anomalies"])
@@ -61,8 +61,8 @@ def _day_start(day: date) -> datetime:
 class PeriodFilters(Schema):
     """Days are UTC; both ends are included."""
 
-    date_from: date | None = Field(None, description="First day of the period.")
-    date_to: date | None = Field(None, description="Last day of the period.")
+    date_from: IsoDate | None = Field(None, description="First day of the period.")
+    date_to: IsoDate | None = Field(None, description="Last day of the period.")
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
     cursor: str | None = Field(None, max_length=200, pattern=NO_NUL)
 
@@ -99,10 +99,10 @@ class AnomalyOut(Schema):
     period_start: datetime
     period_end: datetime
     currency: Literal["usd"] = "usd"
-    observed: Decimal
-    expected: Decimal
-    ratio: Decimal | None = Field(description="observed / expected; null if 0.")
-    impact: Decimal = Field(description="How far the day is from expected.")
+    observed: DecimalString
+    expected: DecimalString
+    ratio: DecimalString | None = Field(description="observed / expected; null if 0.")
+    impact: DecimalString = Field(description="How far the day is from expected.")
     cause: str
     top_contributors: dict
     incident_id: int | None
@@ -125,7 +125,7 @@ class IncidentOut(Schema):
     period_start: datetime
     period_end: datetime
     currency: Literal["usd"] = "usd"
-    impact: Decimal = Field(description="The largest member's impact.")
+    impact: DecimalString = Field(description="The largest member's impact.")
     anomaly_count: int
     anomaly_ids: list[int]
 
@@ -139,25 +139,28 @@ class IncidentPage(Schema):
     next: str | None
 
 
-class ReviewIn(Schema):
-    """
-    The status to move to: ``acknowledged``, ``resolved`` (with a
-    ``resolution_reason``) or ``open`` (reopen a resolved one).
-    """
-
+class _Review(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    status: AnomalyStatus
-    resolution_reason: ResolutionReason | None = None
     note: str = Field("", max_length=2000, pattern=NO_NUL)
 
-    @model_validator(mode="after")
-    def _reason_with_resolve(self) -> ReviewIn:
-        if self.status == AnomalyStatus.RESOLVED and self.resolution_reason is None:
-            raise ValueError("resolution_reason is required to resolve.")
-        if self.status != AnomalyStatus.RESOLVED and self.resolution_reason:
-            raise ValueError("resolution_reason is only for status 'resolved'.")
-        return self
+
+class Acknowledge(_Review):
+    status: Literal["acknowledged"]
+
+
+class Resolve(_Review):
+    status: Literal["resolved"]
+    resolution_reason: ResolutionReason
+
+
+class Reopen(_Review):
+    status: Literal["open"]
+
+
+# One schema per status, told apart by it: the document itself says that a
+# resolution reason comes with "resolved", and only with it.
+ReviewIn = Annotated[Acknowledge | Resolve | Reopen, Field(discriminator="status")]
 
 
 class IncidentReviewOut(Schema):
@@ -209,7 +212,7 @@ def anomaly_detail(request: HttpRequest, anomaly_id: int = Id):
     response={200: AnomalyOut, **ERRORS, **NOT_FOUND, **CONFLICT},
     summary="Acknowledge, resolve or reopen a cost anomaly",
 )
-def anomaly_review(request: HttpRequest, payload: ReviewIn, anomaly_id: int = Id):
+def anomaly_review(request: HttpRequest, payload: Body[ReviewIn], anomaly_id: int = Id):
     """Operator role or above; audited with the token as the actor."""
     reject_unknown_params(request, Schema)
     require_role(request, Membership.Role.OPERATOR)
@@ -264,7 +267,9 @@ def incident_detail(request: HttpRequest, incident_id: int = Id):
     summary="Acknowledge, resolve or reopen every member of an incident",
     tags=["incidents"],
 )
-def incident_review(request: HttpRequest, payload: ReviewIn, incident_id: int = Id):
+def incident_review(
+    request: HttpRequest, payload: Body[ReviewIn], incident_id: int = Id
+):
     """Operator role or above; each member is audited, and the incident."""
     reject_unknown_params(request, Schema)
     require_role(request, Membership.Role.OPERATOR)

@@ -3,28 +3,31 @@
 from __future__ import annotations
 
 from datetime import date
-from decimal import Decimal
 
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema
 
 from billing.api_errors import ERRORS, BadRequest, reject_unknown_params
+from billing.api_schemas import DecimalString, IsoDate
 from billing.usage_cache import usage_summary_cached
-from billing.usage_summary import PeriodError, usage_period
+from billing.usage_summary import MONTH_PATTERN, PeriodError, usage_period
 
 router = Router(tags=["usage"])
 
 
 class UsageQuery(Schema):
     period: str | None = Field(
-        None, description="A calendar month, YYYY-MM.", examples=["2026-11"]
+        None,
+        description="A calendar month, YYYY-MM.",
+        examples=["2026-11"],
+        pattern=MONTH_PATTERN,
     )
-    start: date | None = Field(None, description="First UTC day of a range.")
-    end: date | None = Field(None, description="Last UTC day of a range.")
+    start: IsoDate | None = Field(None, description="First UTC day of a range.")
+    end: IsoDate | None = Field(None, description="Last UTC day of a range.")
 
 
 class Amounts(Schema):
-    cost: Decimal
+    cost: DecimalString
     traces: int
     input_tokens: int
     output_tokens: int

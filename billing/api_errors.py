@@ -10,19 +10,17 @@ a filter must not silently return everything).
 
 from __future__ import annotations
 
+import json
+import logging
+
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
+from billing.api_schemas import ErrorOut
 
-class FieldError(Schema):
-    field: str
-    message: str
-
-
-class ErrorOut(Schema):
-    detail: str
-    errors: list[FieldError] = []
+logger = logging.getLogger(__name__)
 
 
 class BadRequest(Exception):
@@ -45,18 +43,24 @@ def reject_unknown_params(request: HttpRequest, schema: type[Schema]) -> None:
     known = set(schema.model_fields)
     unknown = sorted(set(request.GET) - known)
     if unknown:
+        takes = f"known: {', '.join(sorted(known))}" if known else "it takes none"
         raise BadRequest(
-            f"query.{unknown[0]}",
-            f"Unknown query parameter {unknown[0]!r}; "
-            f"known: {', '.join(sorted(known))}.",
+            f"query.{unknown[0]}", f"Unknown query parameter {unknown[0]!r}; {takes}."
         )
 
 
-def _field(location: tuple) -> str:
-    # Ninja nests a body's fields under its argument's name: drop it.
-    parts = [str(part) for part in location]
+def _field(error: dict, body: object) -> str:
+    parts = [str(part) for part in error.get("loc", ())]
     if parts[:1] == ["body"]:
+        # Ninja nests the body under its argument's name, and a union told
+        # apart by a field names the variant next: "body.payload.resolved.x"
+        # is the body's "x".
         parts = ["body", *parts[2:]]
+        values = body.values() if isinstance(body, dict) else ()
+        if len(parts) > 2 and parts[1] in [str(value) for value in values]:
+            del parts[1]
+        if error.get("type", "").startswith("union_tag_"):
+            parts.append(error["ctx"]["discriminator"].strip("'"))
     return ".".join(parts)
 
 
@@ -89,8 +93,12 @@ def install_error_handlers(
 
     @api.exception_handler(ValidationError)
     def invalid(request, exc: ValidationError) -> HttpResponse:
+        try:
+            body = json.loads(request.body or b"null")
+        except ValueError:
+            body = None
         errors = [
-            {"field": _field(error.get("loc", ())), "message": _message(error)}
+            {"field": _field(error, body), "message": _message(error)}
             for error in exc.errors
         ]
         return _error(api, request, 400, "Invalid request.", errors)
@@ -114,6 +122,13 @@ def install_error_handlers(
     @api.exception_handler(Http404)
     def not_found(request, exc: Http404) -> HttpResponse:
         return _error(api, request, 404, "Not found.")
+
+    @api.exception_handler(Exception)
+    def server_error(request, exc: Exception) -> HttpResponse:
+        # JSON like every other error, and nothing the request wrote kept.
+        logger.error("API error on %s %s", request.method, request.path, exc_info=exc)
+        transaction.set_rollback(True)
+        return _error(api, request, 500, "Internal server error.")
 
     def conflict(request, exc: Exception) -> HttpResponse:
         return _error(api, request, 409, str(exc))

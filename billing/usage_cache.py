@@ -37,7 +37,7 @@ from django.db import connection, connections
 from redis.exceptions import RedisError
 
 from billing.tenancy import tenant_context
-from billing.usage_summary import UsagePeriod, usage_summary_json
+from billing.usage_summary import UsagePeriod, month_label, usage_summary_json
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,11 @@ def _store(tenant_id: int, period: UsagePeriod, versions: tuple) -> bytes:
     return body
 
 
+def _current(key: str, versions: tuple) -> bytes | None:
+    entry = cache.get(key)
+    return entry.body if entry is not None and entry.versions == versions else None
+
+
 def _single_flight(tenant_id: int, period: UsagePeriod, versions: tuple) -> bytes:
     key = _key(tenant_id, period)
     lock = f"{key}:lock"
@@ -118,13 +123,15 @@ def _single_flight(tenant_id: int, period: UsagePeriod, versions: tuple) -> byte
     while time.monotonic() < deadline:
         if cache.add(lock, 1, LOCK_TTL):
             try:
-                return _store(tenant_id, period, versions)
+                # The lock may be free because its holder just stored the
+                # entry this caller missed: look again before querying.
+                return _current(key, versions) or _store(tenant_id, period, versions)
             finally:
                 cache.delete(lock)
         time.sleep(POLL_EVERY)
-        entry = cache.get(key)
-        if entry is not None and entry.versions == versions:
-            return entry.body
+        body = _current(key, versions)
+        if body is not None:
+            return body
     # Whoever holds the lock is stuck: answer rather than wait on.
     return usage_summary_json(tenant_id=tenant_id, period=period)
 
@@ -169,7 +176,7 @@ def usage_cache_invalidate(*, tenant_id: int, days: Iterable[date]) -> None:
     when a ledger write commits; a cache outage is logged, not raised (the
     entries it leaves expire within ``TTL``).
     """
-    months = {f"{day:%Y-%m}" for day in days}
+    months = {month_label(day.year, day.month - 1) for day in days}
     if not months:
         return
     version = uuid.uuid4().hex

@@ -19,18 +19,21 @@ import calendar
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from django.db import connection
 
 from billing.models import ScopeType
+from billing.models.ledger import MONEY
 
 # A period longer than this is a report, not a summary (and a cache key
 # nobody shares).
 MAX_PERIOD_DAYS = 366
 CURRENCY = "usd"
-MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+MONEY_PLACES = Decimal(10) ** -MONEY["decimal_places"]
+# Years 0001 to 9999, months 01 to 12: what a date can hold.
+MONTH_PATTERN = r"^([1-9]\d{3}|0[1-9]\d{2}|00[1-9]\d|000[1-9])-(0[1-9]|1[0-2])$"
 
 
 class PeriodError(ValueError):
@@ -50,11 +53,14 @@ class UsagePeriod:
     @property
     def months(self) -> list[str]:
         """The calendar months the period touches, as "YYYY-MM"."""
-        months, day = [], self.start.replace(day=1)
-        while day <= self.end:
-            months.append(f"{day:%Y-%m}")
-            day = (day + timedelta(days=32)).replace(day=1)
-        return months
+        first = self.start.year * 12 + self.start.month - 1
+        last = self.end.year * 12 + self.end.month - 1
+        return [month_label(*divmod(month, 12)) for month in range(first, last + 1)]
+
+
+def month_label(year: int, month0: int) -> str:
+    """ "YYYY-MM" of a month counted from 0 (strftime writes year 1 as "1")."""
+    return f"{year:04d}-{month0 + 1:02d}"
 
 
 def usage_period(
@@ -66,10 +72,9 @@ def usage_period(
             raise PeriodError(
                 "period", "Give either period or start and end, not both."
             )
-        match = MONTH.match(period)
-        if not match or not 1 <= int(match[2]) <= 12 or int(match[1]) < 1:
+        if not re.match(MONTH_PATTERN, period):
             raise PeriodError("period", "Expected a month as YYYY-MM, e.g. 2026-11.")
-        year, month = int(match[1]), int(match[2])
+        year, month = int(period[:4]), int(period[5:])
         last = calendar.monthrange(year, month)[1]
         return UsagePeriod(date(year, month, 1), date(year, month, last), period)
     if start is None or end is None:
@@ -101,8 +106,9 @@ SUMMARY_SQL = """
 
 
 def _money(value) -> Decimal:
-    # Postgres sums numerics exactly; SQLite (the demo) sums them as reals.
-    return value if isinstance(value, Decimal) else Decimal(str(value or 0))
+    # Postgres sums numerics exactly, to the column's ten places; SQLite
+    # (the demo) sums them as reals, whose noise the rounding drops.
+    return Decimal(str(value or 0)).quantize(MONEY_PLACES)
 
 
 def _amounts(traces, input_tokens, output_tokens, cached_tokens, cost) -> dict:

@@ -118,6 +118,8 @@ def test_pages_follow_next_links_without_repeats_or_gaps(
         ("scope_type=team", "query.scope_type"),
         ("date_from=2026-13-01", "query.date_from"),
         ("date_from=yesterday", "query.date_from"),
+        ("date_to=0", "query.date_to"),  # pydantic alone reads it as 1970
+        ("date_from=2026-11-20T00:00:00Z", "query.date_from"),
         ("date_from=2026-11-20&date_to=2026-11-19", "query.date_to"),
         ("limit=201", "query.limit"),
         ("limit=0", "query.limit"),
@@ -215,8 +217,11 @@ def test_an_invalid_transition_is_a_409_and_changes_nothing(
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({"status": "resolved"}, "body"),  # no reason
-        ({"status": "acknowledged", "resolution_reason": "fixed"}, "body"),
+        ({"status": "resolved"}, "body.resolution_reason"),  # required
+        (
+            {"status": "acknowledged", "resolution_reason": "fixed"},
+            "body.resolution_reason",
+        ),
         ({"status": "done"}, "body.status"),
         (
             {"status": "resolved", "resolution_reason": "bored"},
@@ -394,3 +399,15 @@ def test_another_tenant_s_incident_is_a_404(
     )
     assert response.status_code == 404
     assert api("get", "/incidents", token).json()["results"] == []
+
+
+def test_decimals_are_plain_strings_even_when_zero(api, tenant, make_token):
+    # Missing data observes nothing: str(Decimal) would say "0E-10".
+    anomaly = detect(tenant, ("missing_data", "agent", "web", "bot", "0", "12.5")).get()
+    response = api("get", f"/cost-anomalies/{anomaly.pk}", make_token(tenant))
+    body = response.json()
+    assert (body["observed"], body["expected"], body["ratio"]) == (
+        "0.0000000000",
+        "12.5000000000",
+        "0.000000",
+    )

@@ -21,6 +21,7 @@ from billing import usage_cache
 from billing.ledger import TraceUsage, ledger_merge
 from billing.models import UsageRecord
 from billing.tenancy import tenant_context
+from billing.usage_summary import usage_period
 from tests.factories import TenantFactory
 
 AT = datetime(2026, 11, 20, 9, tzinfo=UTC)
@@ -130,12 +131,30 @@ def test_a_range_of_days(api, tenant, make_token):
         ("start=2025-01-01&end=2026-11-01", "query.end"),
         ("start=2026-02-30&end=2026-03-01", "query.start"),
         ("period=2026-11&tenant=2", "query.tenant"),
+        ("period=0000-01", "query.period"),
+        ("start=0&end=86400", "query.start"),
     ],
 )
 def test_bad_periods_are_a_400_naming_the_field(api, tenant, make_token, query, field):
     response, body = get_usage(api, make_token(tenant), query)
     assert response.status_code == 400
     assert field in [error["field"] for error in body["errors"]]
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("empty_cache")
+@pytest.mark.parametrize(
+    ("query", "period"),
+    [
+        ("period=9999-12", "9999-12"),
+        ("start=9999-12-31&end=9999-12-31", "9999-12-31..9999-12-31"),
+        ("period=0001-01", "0001-01"),
+    ],
+)
+def test_the_first_and_last_months_a_date_holds(api, tenant, make_token, query, period):
+    response, body = get_usage(api, make_token(tenant), query)
+    assert response.status_code == 200
+    assert body["period"] == period
 
 
 def summary_queries(captured) -> list[str]:
@@ -157,7 +176,23 @@ def test_a_miss_runs_the_query_once_and_a_hit_runs_none(api, tenant, make_token)
     assert len(summary_queries(cold)) == 1
     # A hit reads the token, and nothing else but the request's RLS scope.
     tables = [q["sql"] for q in warm.captured_queries if " FROM " in q["sql"]]
-    assert len(tables) == 1 and '"billing_apitoken"' in tables[0]
+    assert len(tables) == 1 and "billing_apitoken" in tables[0]
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("empty_cache", "usage")
+def test_a_caller_that_missed_just_before_another_stored_does_not_query_again(
+    api, tenant, make_token
+):
+    # Its read missed, then the lock's holder stored the entry and let the
+    # lock go: winning the lock now must not run the query a second time.
+    period = usage_period(period="2026-11", start=None, end=None)
+    versions = (None,)  # the month's version: never bumped here
+    get_usage(api, make_token(tenant))
+    with CaptureQueriesContext(connection) as late, tenant_context([tenant.pk]):
+        body = usage_cache._single_flight(tenant.pk, period, versions)
+    assert summary_queries(late) == []
+    assert json.loads(body)["totals"]["traces"] == 3
 
 
 @pytest.mark.django_db
