@@ -34,7 +34,7 @@ from anomalies.services import (
     incident_reopen,
     incident_resolve,
 )
-from billing.api_auth import api_actor, require_role
+from billing.api_auth import api_actor, require_role, scoped_to_token_tenant
 from billing.api_errors import (
     CONFLICT,
     ERRORS,
@@ -47,6 +47,7 @@ from billing.api_schemas import DecimalString, IsoDate
 from billing.models import Membership, ScopeType
 
 router = Router(tags=["anomalies"])
+router.add_decorator(scoped_to_token_tenant)
 
 MAX_ID = 2**63 - 1
 # Strings a filter compares: Postgres text holds no NUL.

@@ -1,22 +1,27 @@
 """
 Who is calling the REST API, and what their token's role lets them do.
 
-``TenantRLSMiddleware`` checks the bearer token before any view runs (the
-token names its tenant, and the request's row-level security scope is that
-tenant alone) and leaves the verdict on the request; ``TokenAuth`` turns it
-into a 401 or 403 with a message a client can act on. A session cookie is no
-credential here: the API is for programs, the admin for people.
+``TenantRLSMiddleware`` checks the bearer token before any view runs and
+leaves the verdict on the request; ``TokenAuth`` turns it into a 401 or 403
+with a message a client can act on, and ``scoped_to_token_tenant`` runs a
+view in a transaction that row-level security scopes to the token's tenant
+alone. A session cookie is no credential here: the API is for programs, the
+admin for people.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
 
 from django.http import HttpRequest
 from ninja.errors import AuthenticationError, HttpError
 from ninja.security import HttpBearer
 
-from billing.api_tokens import ApiClient, api_token_authenticate, token_tenant_id
+from billing.api_tokens import ApiClient, api_token_authenticate
 from billing.audit import Actor
 from billing.models import Membership
+from billing.tenancy import tenant_context
 
 API_PREFIX = "/api/"
 # The roles a role includes: an admin may do what an operator may, and so on.
@@ -42,9 +47,8 @@ def bearer_token(request: HttpRequest) -> str | None:
 
 def api_request_authenticate(request: HttpRequest) -> int | None:
     """
-    Check the request's token, in the transaction scoped to the tenant it
-    claims (the caller's); set ``request.api_client`` (None when refused) and
-    ``request.api_auth_error``. Returns the tenant to scope the request to.
+    Check the request's token; set ``request.api_client`` (None when
+    refused) and ``request.api_auth_error``. Returns the token's tenant.
     """
     request.api_client = None
     raw = bearer_token(request)
@@ -53,11 +57,6 @@ def api_request_authenticate(request: HttpRequest) -> int | None:
         return None
     request.api_client = api_token_authenticate(raw=raw)
     return request.api_client.tenant_id if request.api_client else None
-
-
-def claimed_tenant_id(request: HttpRequest) -> int | None:
-    raw = bearer_token(request)
-    return token_tenant_id(raw) if raw else None
 
 
 class TokenAuth(HttpBearer):
@@ -87,6 +86,21 @@ def require_role(request: HttpRequest, role: str) -> ApiClient:
             f"This token's role is {client.role}; this needs {role} or above.",
         )
     return client
+
+
+def scoped_to_token_tenant(view: Callable) -> Callable:
+    """
+    A router's decorator: the view's database work in one transaction that
+    row-level security scopes to the token's tenant. An error raised in the
+    view rolls back everything it wrote.
+    """
+
+    @wraps(view)
+    def scoped(request: HttpRequest, *args, **kwargs):
+        with tenant_context([request.auth.tenant_id]):
+            return view(request, *args, **kwargs)
+
+    return scoped
 
 
 def api_actor(request: HttpRequest) -> Actor:

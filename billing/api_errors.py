@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 
-from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -125,9 +124,9 @@ def install_error_handlers(
 
     @api.exception_handler(Exception)
     def server_error(request, exc: Exception) -> HttpResponse:
-        # JSON like every other error, and nothing the request wrote kept.
+        # JSON like every other error; the view's transaction, which the
+        # error left, is rolled back already.
         logger.error("API error on %s %s", request.method, request.path, exc_info=exc)
-        transaction.set_rollback(True)
         return _error(api, request, 500, "Internal server error.")
 
     def conflict(request, exc: Exception) -> HttpResponse:

@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
-from billing.api_auth import API_PREFIX, api_request_authenticate, claimed_tenant_id
+from billing.api_auth import API_PREFIX, api_request_authenticate
 from billing.models import Tenant
 from billing.selectors import tenant_ids_for_user
 from billing.tenancy import tenant_context
@@ -40,14 +40,11 @@ class TenantRLSMiddleware:
     def _api_call(self, request: HttpRequest) -> HttpResponse:
         """
         An API client's scope is its token's tenant, whoever the session
-        names: the lookup runs under the tenant the token claims, and a
-        refused token leaves the request with no tenant at all.
+        names. The request runs in no transaction: a cached answer needs
+        none, and each API view scopes its own database work to the token's
+        tenant (``billing.api_auth.scoped_to_token_tenant``); work outside
+        such a scope sees no tenant's rows.
         """
-        claimed = claimed_tenant_id(request)
-        with tenant_context([claimed] if claimed is not None else []):
-            tenant_id = api_request_authenticate(request)
-            request.tenant_ids = [] if tenant_id is None else [tenant_id]
-            if tenant_id is None and claimed is not None:
-                with tenant_context([]):
-                    return self.get_response(request)
-            return self.get_response(request)
+        tenant_id = api_request_authenticate(request)
+        request.tenant_ids = [] if tenant_id is None else [tenant_id]
+        return self.get_response(request)

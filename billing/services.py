@@ -1,15 +1,20 @@
-"""Every write to tenants and memberships; each one writes the audit log."""
+"""
+Every write to tenants, memberships and API tokens; each one writes the
+audit log.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from django.db import models, transaction
 from django.utils import timezone
 
+from billing.api_tokens import api_tokens_forget, token_new
 from billing.audit import Actor, audit_log_write
-from billing.models import Membership, Tenant
+from billing.models import ApiToken, Membership, Tenant
 
 
 class InvalidTransition(Exception):
@@ -181,6 +186,9 @@ def tenant_set_status(
         )
     suspending = status == Tenant.Status.SUSPENDED
     previous = Tenant.Status.ACTIVE if suspending else Tenant.Status.SUSPENDED
+    # Its API tokens are remembered with the tenant's status.
+    tokens = ApiToken.objects.for_tenant(tenant_id).values_list("key_hash", flat=True)
+    api_tokens_forget(digests=list(tokens))
     audit_log_write(
         actor=actor,
         action="tenant.suspend" if suspending else "tenant.activate",
@@ -297,3 +305,56 @@ def tenant_set_sync_problem(*, tenant_id: int, problem: str, actor: Actor) -> bo
         after={"sync_problem": problem},
     )
     return True
+
+
+@dataclass(frozen=True)
+class CreatedToken:
+    token: ApiToken
+    raw: str  # shown once, never stored
+
+
+@transaction.atomic
+def api_token_create(
+    *, tenant: Tenant, name: str, role: str, actor: Actor
+) -> CreatedToken:
+    """Create a tenant's API token; the raw value is returned here only."""
+    if role not in Membership.Role.values:
+        raise ValueError(f"Unknown role: {role!r}")
+    new = token_new(tenant_id=tenant.pk)
+    token = ApiToken.objects.create(
+        tenant=tenant,
+        name=name,
+        role=role,
+        prefix=new.prefix,
+        key_hash=new.digest,
+        created_by=actor.user,
+    )
+    audit_log_write(
+        actor=actor,
+        action="api_token.create",
+        obj=token,
+        tenant=tenant,
+        after={"name": name, "role": role, "prefix": token.prefix},
+    )
+    return CreatedToken(token, new.raw)
+
+
+@transaction.atomic
+def api_token_revoke(*, token_id: int, actor: Actor, note: str = "") -> ApiToken:
+    """Revoke a token for good: requests with it get a 401 from now on."""
+    token = ApiToken.objects.select_for_update().get(pk=token_id)
+    if token.revoked_at is not None:
+        raise InvalidTransition(f"The token {token.prefix}… is already revoked.")
+    token.revoked_at = timezone.now()
+    token.save(update_fields=["revoked_at"])
+    api_tokens_forget(digests=[token.key_hash])
+    audit_log_write(
+        actor=actor,
+        action="api_token.revoke",
+        obj=token,
+        tenant=token.tenant,
+        before={"revoked_at": None},
+        after={"revoked_at": token.revoked_at.isoformat()},
+        note=note,
+    )
+    return token

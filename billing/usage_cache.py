@@ -97,13 +97,22 @@ def usage_summary_cached(*, tenant_id: int, period: UsagePeriod) -> CachedSummar
             tenant_id,
             period.label,
         )
-        return CachedSummary(
-            usage_summary_json(tenant_id=tenant_id, period=period), "bypass"
-        )
+        return CachedSummary(_summary(tenant_id, period), "bypass")
 
 
-def _store(tenant_id: int, period: UsagePeriod, versions: tuple) -> bytes:
-    body = usage_summary_json(tenant_id=tenant_id, period=period)
+def _summary(tenant_id: int, period: UsagePeriod, *, timeout_ms: int = 0) -> bytes:
+    """The summary's body, read in a transaction scoped to the tenant."""
+    with tenant_context([tenant_id]):
+        if timeout_ms and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+        return usage_summary_json(tenant_id=tenant_id, period=period)
+
+
+def _store(
+    tenant_id: int, period: UsagePeriod, versions: tuple, *, timeout_ms: int = 0
+) -> bytes:
+    body = _summary(tenant_id, period, timeout_ms=timeout_ms)
     try:
         cache.set(_key(tenant_id, period), Entry(versions, time.time(), body), TTL)
     except CACHE_ERRORS as exc:
@@ -133,7 +142,7 @@ def _single_flight(tenant_id: int, period: UsagePeriod, versions: tuple) -> byte
         if body is not None:
             return body
     # Whoever holds the lock is stuck: answer rather than wait on.
-    return usage_summary_json(tenant_id=tenant_id, period=period)
+    return _summary(tenant_id, period)
 
 
 def _refresh_in_background(
@@ -155,13 +164,7 @@ def _refresh(tenant_id: int, period: UsagePeriod, versions: tuple, lock: str) ->
     # A thread of its own: its own connection, closed when it is done, and
     # a statement timeout so a slow query cannot pile refreshes up.
     try:
-        with tenant_context([tenant_id]):
-            if connection.vendor == "postgresql":
-                with connection.cursor() as cursor:
-                    cursor.execute(
-                        f"SET LOCAL statement_timeout = {REFRESH_TIMEOUT_MS}"
-                    )
-            _store(tenant_id, period, versions)
+        _store(tenant_id, period, versions, timeout_ms=REFRESH_TIMEOUT_MS)
     except Exception:
         logger.exception("usage refresh failed: tenant %s %s", tenant_id, period.label)
     finally:

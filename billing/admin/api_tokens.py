@@ -24,9 +24,8 @@ from billing.admin.base import (
     request_tenants,
     tenant_ids_acting_as,
 )
-from billing.api_tokens import api_token_create, api_token_revoke
 from billing.models import ApiToken
-from billing.services import InvalidTransition
+from billing.services import InvalidTransition, api_token_create, api_token_revoke
 
 
 class ApiTokenForm(forms.ModelForm):

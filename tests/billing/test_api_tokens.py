@@ -4,17 +4,19 @@ import hashlib
 from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.urls import reverse
 from django.utils import timezone
 
-from billing.api_tokens import (
-    api_token_authenticate,
+from billing.api_tokens import _lookup, api_token_authenticate, token_digest
+from billing.audit import Actor
+from billing.models import ApiToken, AuditLog, Membership, Tenant
+from billing.services import (
+    InvalidTransition,
     api_token_create,
     api_token_revoke,
+    tenant_set_status,
 )
-from billing.audit import Actor
-from billing.models import ApiToken, AuditLog, Membership
-from billing.services import InvalidTransition
 from billing.tenancy import tenant_context
 from tests.factories import staff_with_role
 
@@ -39,7 +41,10 @@ def test_a_token_is_stored_as_its_digest_only(tenant):
     assert created.raw not in str(entry.after)
 
 
-def test_authenticate_touches_last_used_at_at_most_once_a_minute(tenant, time_machine):
+@pytest.mark.usefixtures("empty_cache")
+def test_an_accepted_token_is_remembered_and_its_use_recorded_once_a_minute(
+    tenant, time_machine, django_assert_num_queries
+):
     raw = api_token_create(
         tenant=tenant, name="ci", role="viewer", actor=Actor.system()
     ).raw
@@ -54,9 +59,15 @@ def test_authenticate_touches_last_used_at_at_most_once_a_minute(tenant, time_ma
     )
     used = token.last_used_at
     assert used == timezone.now()
+    with django_assert_num_queries(0):
+        assert api_token_authenticate(raw=raw) == client
+    # Once forgotten (REMEMBER_FOR on Redis's own clock), the database is
+    # asked again, and records the use if a minute has passed.
+    cache.clear()
     time_machine.shift(timedelta(seconds=30))
     api_token_authenticate(raw=raw)
     assert ApiToken.objects.get().last_used_at == used
+    cache.clear()
     time_machine.shift(timedelta(seconds=31))
     api_token_authenticate(raw=raw)
     assert ApiToken.objects.get().last_used_at > used
@@ -78,15 +89,32 @@ def test_a_revoked_token_is_refused_and_revoking_twice_is_an_error(
     assert (entry.object_id, entry.note) == (str(token.pk), "leaked")
 
 
-def test_the_web_role_finds_a_token_only_under_its_tenant(tenant, as_app_role):
+def test_the_web_role_finds_a_token_only_under_its_tenant(
+    tenant, other_tenant, as_app_role
+):
     raw = api_token_create(
         tenant=tenant, name="ci", role="viewer", actor=Actor.system()
     ).raw
     as_app_role()
     with tenant_context([tenant.pk]):
-        assert api_token_authenticate(raw=raw) is not None
-    with tenant_context([tenant.pk + 1]):
-        assert api_token_authenticate(raw=raw) is None
+        assert _lookup(token_digest(raw)) is not None
+    with tenant_context([other_tenant.pk]):
+        assert _lookup(token_digest(raw)) is None
+
+
+@pytest.mark.usefixtures("empty_cache")
+def test_suspending_the_tenant_refuses_its_remembered_tokens(api, tenant, make_token):
+    raw = make_token(tenant)
+    assert api("get", "/cost-anomalies", raw).status_code == 200
+    tenant_set_status(
+        tenant_id=tenant.pk, status=Tenant.Status.SUSPENDED, actor=Actor.system()
+    )
+    response = api("get", "/cost-anomalies", raw)
+    assert response.status_code == 403
+    tenant_set_status(
+        tenant_id=tenant.pk, status=Tenant.Status.ACTIVE, actor=Actor.system()
+    )
+    assert api("get", "/cost-anomalies", raw).status_code == 200
 
 
 # The admin: tenant admins only, the token shown once.

@@ -45,7 +45,6 @@ from django.utils import timezone
 
 from anomalies.models import AnomalyType, CostAnomaly
 from anomalies.pipeline import detect_days, rollup_days
-from billing.api_tokens import api_token_create
 from billing.audit import Actor
 from billing.emulators.base import EmulatorServer
 from billing.emulators.langfuse import LangfuseEmulator
@@ -54,7 +53,12 @@ from billing.emulators.stripe import StripeEmulator
 from billing.models import Membership, StripeReport, Tenant, UsageRecord
 from billing.models.tenants import DEFAULT_METER_EVENT_NAME
 from billing.rollup import days_between
-from billing.services import membership_set, tenant_create, tenant_update
+from billing.services import (
+    api_token_create,
+    membership_set,
+    tenant_create,
+    tenant_update,
+)
 from billing.stripe_sink import stripe_client
 from billing.sync import eligible_tenant_ids, sync_tenants
 from billing.tenancy import tenant_context
