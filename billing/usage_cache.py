@@ -47,9 +47,10 @@ FRESH_FOR = 60
 # A lock outlives a caller that died holding it by at most this long.
 LOCK_TTL = 30
 # How long a caller waits for another's query before running its own, and
-# how often it looks.
+# how often it looks: soon at first, then less often, so that a hundred
+# waiters do not spend the CPU the query needs on looking.
 WAIT_FOR = 10.0
-POLL_EVERY = 0.01
+POLL_FIRST, POLL_MOST = 0.005, 0.05
 # The background refresh's query gives up after this long (Postgres).
 REFRESH_TIMEOUT_MS = 10_000
 CACHE_ERRORS = (RedisError, OSError)
@@ -128,7 +129,7 @@ def _current(key: str, versions: tuple) -> bytes | None:
 def _single_flight(tenant_id: int, period: UsagePeriod, versions: tuple) -> bytes:
     key = _key(tenant_id, period)
     lock = f"{key}:lock"
-    deadline = time.monotonic() + WAIT_FOR
+    deadline, pause = time.monotonic() + WAIT_FOR, POLL_FIRST
     while time.monotonic() < deadline:
         if cache.add(lock, 1, LOCK_TTL):
             try:
@@ -137,7 +138,8 @@ def _single_flight(tenant_id: int, period: UsagePeriod, versions: tuple) -> byte
                 return _current(key, versions) or _store(tenant_id, period, versions)
             finally:
                 cache.delete(lock)
-        time.sleep(POLL_EVERY)
+        time.sleep(pause)
+        pause = min(pause * 1.5, POLL_MOST)
         body = _current(key, versions)
         if body is not None:
             return body
