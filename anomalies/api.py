@@ -170,6 +170,26 @@ class IncidentReviewOut(Schema):
     unchanged: list[int] = Field(description="Members already past it.")
 
 
+# The service of each status a review moves to: the admin's own.
+ANOMALY_REVIEWS = {
+    AnomalyStatus.ACKNOWLEDGED: anomaly_acknowledge,
+    AnomalyStatus.RESOLVED: anomaly_resolve,
+    AnomalyStatus.OPEN: anomaly_reopen,
+}
+INCIDENT_REVIEWS = {
+    AnomalyStatus.ACKNOWLEDGED: incident_acknowledge,
+    AnomalyStatus.RESOLVED: incident_resolve,
+    AnomalyStatus.OPEN: incident_reopen,
+}
+
+
+def _review_arguments(request: HttpRequest, payload: ReviewIn) -> dict:
+    arguments = {"actor": api_actor(request), "note": payload.note}
+    if isinstance(payload, Resolve):
+        arguments["reason"] = payload.resolution_reason
+    return arguments
+
+
 def _anomalies(request: HttpRequest) -> QuerySet:
     return CostAnomaly.objects.for_tenant(request.auth.tenant_id)
 
@@ -218,19 +238,8 @@ def anomaly_review(request: HttpRequest, payload: Body[ReviewIn], anomaly_id: in
     reject_unknown_params(request, Schema)
     require_role(request, Membership.Role.OPERATOR)
     anomaly = get_object_or_404(_anomalies(request), pk=anomaly_id)
-    actor = api_actor(request)
-    if payload.status == AnomalyStatus.RESOLVED:
-        return anomaly_resolve(
-            anomaly_id=anomaly.pk,
-            actor=actor,
-            reason=payload.resolution_reason,
-            note=payload.note,
-        )
-    if payload.status == AnomalyStatus.ACKNOWLEDGED:
-        return anomaly_acknowledge(
-            anomaly_id=anomaly.pk, actor=actor, note=payload.note
-        )
-    return anomaly_reopen(anomaly_id=anomaly.pk, actor=actor, note=payload.note)
+    review = ANOMALY_REVIEWS[payload.status]
+    return review(anomaly_id=anomaly.pk, **_review_arguments(request, payload))
 
 
 @router.get(
@@ -275,22 +284,8 @@ def incident_review(
     reject_unknown_params(request, Schema)
     require_role(request, Membership.Role.OPERATOR)
     incident = get_object_or_404(_incidents(request), pk=incident_id)
-    actor = api_actor(request)
-    if payload.status == AnomalyStatus.RESOLVED:
-        result = incident_resolve(
-            incident_id=incident.pk,
-            actor=actor,
-            reason=payload.resolution_reason,
-            note=payload.note,
-        )
-    elif payload.status == AnomalyStatus.ACKNOWLEDGED:
-        result = incident_acknowledge(
-            incident_id=incident.pk, actor=actor, note=payload.note
-        )
-    else:
-        result = incident_reopen(
-            incident_id=incident.pk, actor=actor, note=payload.note
-        )
+    review = INCIDENT_REVIEWS[payload.status]
+    result = review(incident_id=incident.pk, **_review_arguments(request, payload))
     return {
         "incident": _incidents(request).get(pk=incident.pk),
         "changed": result.changed,

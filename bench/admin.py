@@ -80,6 +80,7 @@ from support import (
     Timer,
     django_env,
     log,
+    migrate,
 )
 
 DATABASE = "bench_admin"
@@ -157,7 +158,7 @@ def generate_ledger(postgres_url: str, rows: int) -> dict[str, Any]:
     """bench/rollup.py's day of ``rows`` records, in LEDGER_DATABASE."""
     with rollup_database(LEDGER_DATABASE):
         recreate(postgres_url, LEDGER_DATABASE)
-        rollup.migrate(postgres_url)
+        migrate(postgres_url, rollup.DATABASE)
         return rollup.generate(postgres_url, rows)
 
 
@@ -196,15 +197,6 @@ def recreate(postgres_url: str, database: str, template: str | None = None) -> N
             raise SystemExit(
                 f"{template} is in use (bench/rollup.py running?): try again later"
             ) from None
-
-
-def migrate(postgres_url: str, database: str) -> None:
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-        env=django_env(postgres_url, database),
-        cwd=ROOT,
-        check=True,
-    )
 
 
 # What bench/rollup.py's own measurement leaves behind: recorded anomalies

@@ -72,15 +72,20 @@ from typing import Any
 
 from support import (
     DEFAULT_POSTGRES_URL,
+    MODEL_BREAKDOWN,
     ROOT,
     Timer,
     django_env,
     log,
+    migrate,
+    model_cost,
+    model_prices,
+    model_tokens,
     recreate_database,
+    trace_members,
 )
 
 from billing import trace_costs
-from billing.pricing import CACHE_READ_KEYS, price_for_model
 from billing.scope_usage import fill_sql
 
 DATABASE = "bench_rollup"
@@ -131,27 +136,6 @@ def connect(postgres_url: str, database: str = DATABASE, **kwargs):
     import psycopg
 
     return psycopg.connect(f"{postgres_url}/{database}", **kwargs)
-
-
-def migrate(postgres_url: str) -> None:
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-        env=django_env(postgres_url, DATABASE),
-        cwd=ROOT,
-        check=True,
-    )
-
-
-def _prices() -> dict[str, list]:
-    """Per-token prices of MODELS from the app's price data, as SQL arrays."""
-    prices = [price_for_model(model) for model in MODELS]
-    cache_keys = [next(k for k in CACHE_READ_KEYS if p.covers(k)) for p in prices]
-    return {
-        "names": list(MODELS),
-        "p_input": [p.cost({"input": 1}) for p in prices],
-        "p_output": [p.cost({"output": 1}) for p in prices],
-        "p_cached": [p.cost({k: 1}) for p, k in zip(prices, cache_keys, strict=True)],
-    }
 
 
 def _tenant_buckets() -> list[int]:
@@ -209,46 +193,11 @@ MULTIPLIER = f"""CASE mod(31 * t.i + 7 * p + a, {ANOMALY_MODULUS})
     WHEN 0 THEN {RUNAWAY} WHEN {ANOMALY_MODULUS // 2} THEN {IDLE} ELSE 1 END"""
 
 
-def _members(member: str) -> str:
-    """A JSON object of the trace's 1-3 models' members, built as text and
-    cast once (far cheaper than jsonb_build_object and ||)."""
-    parts = [member.format(k=1)]
-    parts += [
-        f"CASE WHEN nm >= {k} THEN ', ' || {member.format(k=k)} END" for k in (2, 3)
-    ]
-    return f"concat('{{', {', '.join(parts)}, '}}')::jsonb"
-
-
-# {"gpt-4o": {"input": 1, "output": 2, "cached": 0, "cost": "0.0001"}, ...}
-BREAKDOWN = _members(
-    """concat('"', (%(names)s::text[])[m{k}], '": {{"input": ', in{k},
-        ', "output": ', out{k}, ', "cached": ', ca{k}, ', "cost": "', c{k}, '"}}')"""
-)
 # {"tr-000000001-o1": ["gpt-4o", 1, 2, 0, "0.0001", "price_table"], ...}
-OBSERVATIONS = _members(
+OBSERVATIONS = trace_members(
     """concat('"', trace_id, '-o{k}": ["', (%(names)s::text[])[m{k}], '", ',
         in{k}, ', ', out{k}, ', ', ca{k}, ', "', c{k}, '", "price_table"]')"""
 )
-
-
-def _tokens(k: int) -> str:
-    """Token draws of the k-th model, zero when the trace has fewer; the
-    third is an embedding (input only)."""
-    on = "1" if k == 1 else f"(nm >= {k})::int"
-    output = "0" if k == 3 else "floor((20 + 1200 * random()) * mult)::bigint"
-    return f"""
-        {on} * greatest(1, floor((200 + 6000 * random()) * mult))::bigint AS in{k},
-        {on} * {output} AS out{k},
-        {"0" if k == 3 else "random()"} AS cr{k}"""
-
-
-def _priced(k: int) -> str:
-    return f"""
-        round(in{k} * (%(p_input)s::numeric[])[m{k}]
-              + out{k} * (%(p_output)s::numeric[])[m{k}]
-              + floor(in{k} * cr{k} / 2)::bigint * (%(p_cached)s::numeric[])[m{k}],
-              10) AS c{k},
-        floor(in{k} * cr{k} / 2)::bigint AS ca{k}"""
 
 
 # One row per trace n, in time order (tenants interleaved, as the sync
@@ -265,13 +214,13 @@ RECORDS_SQL = f"""
     SELECT tenant_id, trace_id, at, at + interval '40 seconds',
            'proj-' || p, 'agent-' || a, epic_id, user_id,
            in1 + in2 + in3, out1 + out2 + out3, ca1 + ca2 + ca3, c1 + c2 + c3,
-           {BREAKDOWN}, {OBSERVATIONS}, '{{}}',
+           {MODEL_BREAKDOWN}, {OBSERVATIONS}, '{{}}',
            'price_table', md5(trace_id), 'reported', '', report_id,
            %(created)s, %(created)s
     FROM (
-        SELECT *, {_priced(1)}, {_priced(2)}, {_priced(3)}
+        SELECT *, {model_cost(1)}, {model_cost(2)}, {model_cost(3)}
         FROM (
-            SELECT *, {_tokens(1)}, {_tokens(2)}, {_tokens(3)}
+            SELECT *, {model_tokens(1)}, {model_tokens(2)}, {model_tokens(3)}
             FROM (
                 SELECT *, {MULTIPLIER} AS mult,
                        CASE WHEN rno_epic < {NO_EPIC} THEN '' ELSE 'EPIC-' || e
@@ -492,7 +441,7 @@ def generate(postgres_url: str, rows: int) -> dict[str, Any]:
         "start": start,
         "created": start + timedelta(days=1, hours=2),
         "buckets": _tenant_buckets(),
-        **_prices(),
+        **model_prices(MODELS),
     }
     shape: dict[str, Any] = {}
     with connect(postgres_url, autocommit=True) as connection:
@@ -731,7 +680,7 @@ def main(argv: list[str]) -> int:
     began = time.monotonic()
     log(f"creating and migrating {DATABASE}")
     recreate_database(args.postgres_url, DATABASE)
-    migrate(args.postgres_url)
+    migrate(args.postgres_url, DATABASE)
     settings = server_settings(args.postgres_url)
     results = []
     for rows in args.rows:

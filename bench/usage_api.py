@@ -78,7 +78,6 @@ import logging
 import os
 import pstats
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -88,10 +87,14 @@ from typing import Any
 
 from support import (
     DEFAULT_POSTGRES_URL,
-    ROOT,
+    MODEL_BREAKDOWN,
     Timer,
     django_env,
     log,
+    migrate,
+    model_cost,
+    model_prices,
+    model_tokens,
     recreate_database,
 )
 
@@ -135,46 +138,6 @@ CHAT_MODELS = len(MODELS) - 1
 # --------------------------------------------------------------------------
 
 
-def migrate(postgres_url: str) -> None:
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-        env=django_env(postgres_url, DATABASE),
-        cwd=ROOT,
-        check=True,
-    )
-
-
-def _members() -> str:
-    """A trace's ``model_breakdown``: a JSON object of its 1-3 models."""
-    member = """concat('"', (%(names)s::text[])[m{k}], '": {{"input": ', in{k},
-        ', "output": ', out{k}, ', "cached": ', ca{k}, ', "cost": "', c{k}, '"}}')"""
-    parts = [member.format(k=1)]
-    parts += [
-        f"CASE WHEN nm >= {k} THEN ', ' || {member.format(k=k)} END" for k in (2, 3)
-    ]
-    return f"concat('{{', {', '.join(parts)}, '}}')::jsonb"
-
-
-def _tokens(k: int) -> str:
-    """Token draws of the k-th model, zero when the trace has fewer; the
-    third is the embedding model (input only)."""
-    on = "1" if k == 1 else f"(nm >= {k})::int"
-    output = "0" if k == 3 else "floor((20 + 1500 * random()) * mult)::bigint"
-    return f"""
-        {on} * greatest(1, floor((200 + 8000 * random()) * mult))::bigint AS in{k},
-        {on} * {output} AS out{k},
-        {"0" if k == 3 else "random() * 0.6"} AS cr{k}"""
-
-
-def _priced(k: int) -> str:
-    return f"""
-        round(in{k} * (%(p_input)s::numeric[])[m{k}]
-              + out{k} * (%(p_output)s::numeric[])[m{k}]
-              + floor(in{k} * cr{k})::bigint * (%(p_cached)s::numeric[])[m{k}],
-              10) AS c{k},
-        floor(in{k} * cr{k})::bigint AS ca{k}"""
-
-
 # One day of a tenant's traces, pending (billable, not yet reported), built
 # inside out: the draws (a subquery with volatile functions in its target
 # list is not flattened, so each is drawn once), the scopes and models, the
@@ -192,12 +155,12 @@ RECORDS_SQL = f"""
                 ELSE 'EPIC-' || ({EPICS_PER_PROJECT} * p + e) END,
            CASE WHEN rno_user < {NO_USER} THEN '' ELSE 'user-' || u END,
            in1 + in2 + in3, out1 + out2 + out3, ca1 + ca2 + ca3, c1 + c2 + c3,
-           {_members()}, '{{}}', '{{}}', 'price_table', md5(trace_id),
+           {MODEL_BREAKDOWN}, '{{}}', '{{}}', 'price_table', md5(trace_id),
            'pending', '', at + interval '2 minutes', at + interval '2 minutes'
     FROM (
-        SELECT *, {_priced(1)}, {_priced(2)}, {_priced(3)}
+        SELECT *, {model_cost(1)}, {model_cost(2)}, {model_cost(3)}
         FROM (
-            SELECT *, {_tokens(1)}, {_tokens(2)}, {_tokens(3)}
+            SELECT *, {model_tokens(1)}, {model_tokens(2)}, {model_tokens(3)}
             FROM (
                 SELECT *, mod(a, {PROJECTS}) AS p,
                        -- Some agents run far larger prompts than others.
@@ -224,20 +187,6 @@ RECORDS_SQL = f"""
 """
 
 
-def _prices() -> dict[str, list]:
-    """Per-token prices of MODELS from the app's price data, as SQL arrays."""
-    from billing.pricing import CACHE_READ_KEYS, price_for_model
-
-    prices = [price_for_model(model) for model in MODELS]
-    cache_keys = [next(k for k in CACHE_READ_KEYS if p.covers(k)) for p in prices]
-    return {
-        "names": list(MODELS),
-        "p_input": [p.cost({"input": 1}) for p in prices],
-        "p_output": [p.cost({"output": 1}) for p in prices],
-        "p_cached": [p.cost({k: 1}) for p, k in zip(prices, cache_keys, strict=True)],
-    }
-
-
 def setup(traces_per_day: int) -> dict[str, Any]:
     """As the tables' owner: the roles, the tenant, its month, its token."""
     from datetime import UTC, datetime, timedelta
@@ -256,7 +205,7 @@ def setup(traces_per_day: int) -> dict[str, Any]:
         raw = api_token_create(
             tenant=tenant, name="bench", role="viewer", actor=Actor.system()
         ).raw
-    prices = _prices()
+    prices = model_prices(MODELS)
     start = datetime.combine(MONTH_START, datetime.min.time(), tzinfo=UTC)
     with Timer() as timer:
         for day in range(MONTH_DAYS):
@@ -913,7 +862,7 @@ def main(argv: list[str]) -> int:
     redis.Redis.from_url(REDIS_URL).flushdb()
     log(f"creating and migrating {DATABASE}")
     recreate_database(args.postgres_url, DATABASE)
-    migrate(args.postgres_url)
+    migrate(args.postgres_url, DATABASE)
     os.environ.update(django_env(args.postgres_url, DATABASE))
     os.environ.update(
         REDIS_URL=REDIS_URL,

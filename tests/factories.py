@@ -4,7 +4,9 @@ import factory
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
+from billing.ledger import MergeResult, TraceUsage, ledger_merge
 from billing.models import Membership, Tenant
+from billing.tenancy import tenant_context
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -86,3 +88,18 @@ def staff_with_role(tenant: Tenant, role: str, **extra):
     )
     MembershipFactory(user=user, tenant=tenant, role=role)
     return user
+
+
+def trace_usage(trace_id: str, entries: dict, *, at, problem: str = "", **scopes):
+    """A trace as the sync hands it to the ledger: ``entries`` by observation
+    id, each ``[model, input, output, cached, "cost", price source]``."""
+    usage = TraceUsage(trace_id, at, at, **scopes)
+    usage.entries = entries
+    usage.problem = problem
+    return usage
+
+
+def ledger_write(tenant: Tenant, *traces: TraceUsage) -> MergeResult:
+    """Merge ``traces`` into the tenant's ledger, as a synced page is."""
+    with tenant_context([tenant.pk]):
+        return ledger_merge(tenant=tenant, traces={t.trace_id: t for t in traces})

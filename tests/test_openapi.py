@@ -18,6 +18,7 @@ given. Runs are derandomized: the same requests every time.
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 
 import pytest
 import schemathesis
@@ -28,9 +29,7 @@ from anomalies.detectors import Finding
 from anomalies.models import CostAnomaly, Incident
 from anomalies.services import anomalies_record, anomaly_acknowledge, anomaly_resolve
 from billing.audit import Actor
-from billing.ledger import TraceUsage, ledger_merge
-from billing.tenancy import tenant_context
-from tests.factories import TenantFactory
+from tests.factories import TenantFactory, ledger_write, trace_usage
 
 # A live server answers from its own thread and connection: the data must be
 # committed. Fresh sequences give the same ids, hence the same requests.
@@ -97,16 +96,8 @@ def decimals_are_plain(ctx, response, case):
     return None
 
 
-def _trace(trace_id, entries, **scopes):
-    at = DAY.replace(hour=9)
-    usage = TraceUsage(trace_id, at, at, **scopes)
-    usage.entries = entries
-    return usage
-
-
-def _ledger(tenant, *traces):
-    with tenant_context([tenant.pk]):
-        ledger_merge(tenant=tenant, traces={t.trace_id: t for t in traces})
+_trace = partial(trace_usage, at=DAY.replace(hour=9))
+_ledger = ledger_write
 
 
 def _finding(tenant, kind, scope_type, scope_id, observed, project=""):

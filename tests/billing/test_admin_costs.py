@@ -26,10 +26,8 @@ from billing.cost_history import (
     cost_period,
     cost_totals,
 )
-from billing.ledger import TraceUsage, ledger_merge
 from billing.models import CostSummary
-from billing.tenancy import tenant_context
-from tests.factories import MembershipFactory, UserFactory
+from tests.factories import MembershipFactory, UserFactory, ledger_write, trace_usage
 
 pytestmark = pytest.mark.django_db
 
@@ -155,15 +153,7 @@ def entry(model, cost):
     return [model[0], *model[1:4], cost, model[5]]
 
 
-def trace(trace_id, entries, *, at, **scopes):
-    usage = TraceUsage(trace_id, at, at, **scopes)
-    usage.entries = entries
-    return usage
-
-
-def merge(tenant, *traces):
-    with tenant_context([tenant.pk]):
-        ledger_merge(tenant=tenant, traces={t.trace_id: t for t in traces})
+trace, merge = trace_usage, ledger_write
 
 
 def at(day, hour=9):

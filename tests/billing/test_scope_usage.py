@@ -2,14 +2,15 @@
 
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import partial
 
 import pytest
 from django.db import connection
 
-from billing.ledger import TraceUsage, ledger_merge
 from billing.models import DailyScopeUsage, StripeReport, UsageRecord
 from billing.scope_usage import fill_sql
 from billing.tenancy import tenant_context
+from tests.factories import ledger_write, trace_usage
 
 pytestmark = pytest.mark.django_db
 
@@ -20,16 +21,8 @@ HAIKU = ["claude-3-5-haiku-20241022", 10, 5, 0, "0.0005", "price_table"]
 COLUMNS = ["trace_count", "model_trace_count", "input_tokens", "cost"]
 
 
-def trace(trace_id, entries, *, at=AT, problem="", **scopes):
-    usage = TraceUsage(trace_id, at, at, **scopes)
-    usage.entries = entries
-    usage.problem = problem
-    return usage
-
-
-def merge(tenant, *traces):
-    with tenant_context([tenant.pk]):
-        return ledger_merge(tenant=tenant, traces={t.trace_id: t for t in traces})
+trace = partial(trace_usage, at=AT)
+merge = ledger_write
 
 
 def usage(**filters):

@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 
 import httpx
 import pytest
@@ -18,11 +19,10 @@ from django.db.backends.signals import connection_created
 from django.test.utils import CaptureQueriesContext
 
 from billing import usage_cache
-from billing.ledger import TraceUsage, ledger_merge
 from billing.models import UsageRecord
 from billing.tenancy import tenant_context
 from billing.usage_summary import usage_period
-from tests.factories import TenantFactory
+from tests.factories import TenantFactory, ledger_write, trace_usage
 
 AT = datetime(2026, 11, 20, 9, tzinfo=UTC)
 # [model, input, output, cached, "cost", price source]
@@ -30,15 +30,8 @@ GPT = ["gpt-4o", 1000, 100, 50, "0.0100", "price_table"]
 HAIKU = ["claude-3-5-haiku-20241022", 10, 5, 0, "0.0005", "price_table"]
 
 
-def trace(trace_id, entries, *, at=AT, **scopes):
-    usage = TraceUsage(trace_id, at, at, **scopes)
-    usage.entries = entries
-    return usage
-
-
-def merge(tenant, *traces):
-    with tenant_context([tenant.pk]):
-        ledger_merge(tenant=tenant, traces={t.trace_id: t for t in traces})
+trace = partial(trace_usage, at=AT)
+merge = ledger_write
 
 
 def get_usage(api, token, query="period=2026-11"):
