@@ -34,7 +34,7 @@ from anomalies.services import (
     incident_reopen,
     incident_resolve,
 )
-from billing.api_auth import api_actor, require_role, scoped_to_token_tenant
+from billing.api_auth import TokenAuth, api_actor, scoped_to_token_tenant
 from billing.api_errors import (
     CONFLICT,
     ERRORS,
@@ -48,6 +48,8 @@ from billing.models import Membership, ScopeType
 
 router = Router(tags=["anomalies"])
 router.add_decorator(scoped_to_token_tenant)
+# Reviews need an operator's token (or an admin's).
+REVIEWER = TokenAuth(Membership.Role.OPERATOR)
 
 MAX_ID = 2**63 - 1
 # Strings a filter compares: Postgres text holds no NUL.
@@ -232,11 +234,11 @@ def anomaly_detail(request: HttpRequest, anomaly_id: int = Id):
     "/cost-anomalies/{anomaly_id}",
     response={200: AnomalyOut, **ERRORS, **NOT_FOUND, **CONFLICT},
     summary="Acknowledge, resolve or reopen a cost anomaly",
+    auth=REVIEWER,
 )
 def anomaly_review(request: HttpRequest, payload: Body[ReviewIn], anomaly_id: int = Id):
     """Operator role or above; audited with the token as the actor."""
     reject_unknown_params(request, Schema)
-    require_role(request, Membership.Role.OPERATOR)
     anomaly = get_object_or_404(_anomalies(request), pk=anomaly_id)
     review = ANOMALY_REVIEWS[payload.status]
     return review(anomaly_id=anomaly.pk, **_review_arguments(request, payload))
@@ -276,13 +278,13 @@ def incident_detail(request: HttpRequest, incident_id: int = Id):
     response={200: IncidentReviewOut, **ERRORS, **NOT_FOUND, **CONFLICT},
     summary="Acknowledge, resolve or reopen every member of an incident",
     tags=["incidents"],
+    auth=REVIEWER,
 )
 def incident_review(
     request: HttpRequest, payload: Body[ReviewIn], incident_id: int = Id
 ):
     """Operator role or above; each member is audited, and the incident."""
     reject_unknown_params(request, Schema)
-    require_role(request, Membership.Role.OPERATOR)
     incident = get_object_or_404(_incidents(request), pk=incident_id)
     review = INCIDENT_REVIEWS[payload.status]
     result = review(incident_id=incident.pk, **_review_arguments(request, payload))

@@ -56,7 +56,11 @@ class UsageOut(Schema):
     start: date
     end: date
     currency: str
-    totals: Amounts
+    totals: Amounts = Field(
+        description="The sums of the project scopes: a trace without a "
+        "project (possible only under a tenant's own scope mapping) is in "
+        "the other scopes and models, not in the totals."
+    )
     models: list[ModelUsage]
     scopes: ScopeBreakdown
     computed_at: str = Field(description="When these numbers were read.")

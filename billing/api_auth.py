@@ -61,9 +61,14 @@ def api_request_authenticate(request: HttpRequest) -> int | None:
 
 class TokenAuth(HttpBearer):
     """
-    The token the middleware accepted, or a 401; a bearer scheme in the
-    OpenAPI document.
+    The token the middleware accepted, if its role includes ``role``: a 401
+    or 403 otherwise, before the request's input is even read. A bearer
+    scheme in the OpenAPI document.
     """
+
+    def __init__(self, role: str = Membership.Role.VIEWER) -> None:
+        super().__init__()
+        self.role = role
 
     def __call__(self, request: HttpRequest) -> ApiClient:
         client = getattr(request, "api_client", None)
@@ -71,21 +76,15 @@ class TokenAuth(HttpBearer):
             raise AuthenticationError(401, request.api_auth_error)
         if not client.tenant_active:
             raise HttpError(403, "The tenant of this token is suspended.")
+        if ROLE_RANK[client.role] < ROLE_RANK[self.role]:
+            raise HttpError(
+                403,
+                f"This token's role is {client.role}; this needs {self.role} or above.",
+            )
         return client
 
     def authenticate(self, request: HttpRequest, token: str) -> ApiClient | None:
         raise NotImplementedError("TenantRLSMiddleware checks the token.")
-
-
-def require_role(request: HttpRequest, role: str) -> ApiClient:
-    """The request's client, if its role includes ``role``; a 403 otherwise."""
-    client: ApiClient = request.auth
-    if ROLE_RANK[client.role] < ROLE_RANK[role]:
-        raise HttpError(
-            403,
-            f"This token's role is {client.role}; this needs {role} or above.",
-        )
-    return client
 
 
 def scoped_to_token_tenant(view: Callable) -> Callable:

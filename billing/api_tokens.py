@@ -10,16 +10,15 @@ that size needs no slow hash, and a leaked table holds nothing usable.
 An accepted token is remembered in the cache for ``REMEMBER_FOR`` under its
 digest, so that most requests check it without a database transaction (the
 usage API's cached answers take under 2 ms). Revoking a token or suspending
-its tenant forgets it at once (``api_tokens_forget``), and again when that
-change commits, so no request can bring the old answer back in between.
+its tenant marks it "ask the database" at once and again when that change
+commits (``api_tokens_forget``): a request that read the token before the
+change cannot bring the old answer back.
 Token creation and revocation are services (``billing.services``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import logging
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,11 +28,9 @@ from django.core.cache import cache
 from django.db import connection, transaction
 from django.utils import timezone
 
+from billing.cache_health import CACHE_ERRORS, cache_failed, cache_up
 from billing.models import ApiToken, Tenant
 from billing.tenancy import tenant_context
-from billing.usage_cache import CACHE_ERRORS
-
-logger = logging.getLogger(__name__)
 
 SCHEME = "lbt"
 # Shown in lists to tell tokens apart: the scheme, the tenant and 6 secret
@@ -53,6 +50,10 @@ def token_digest(raw: str) -> str:
 
 def _cache_key(digest: str) -> str:
     return f"api-token:{digest}"
+
+
+# What a forgotten token's key holds: "the cache's word is not good".
+ASK_DATABASE = "ask-database"
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,21 @@ def _lookup(digest: str) -> ApiClient | None:
     token_id, tenant_id, role, last_used_at, tenant_status = row
     now = timezone.now()
     if last_used_at is None or now - last_used_at >= TOUCH_EVERY:
-        ApiToken.objects.filter(pk=token_id).update(last_used_at=now)
+        # Waits for a revocation in progress, and then sees it.
+        touched = ApiToken.objects.filter(pk=token_id, revoked_at__isnull=True)
+        if not touched.update(last_used_at=now):
+            return None
     return ApiClient(token_id, tenant_id, role, tenant_status == Tenant.Status.ACTIVE)
+
+
+def _remembered(key: str) -> ApiClient | str | None:
+    if not cache_up():
+        return None
+    try:
+        return cache.get(key)
+    except CACHE_ERRORS as exc:
+        cache_failed(exc, "API tokens are checked in the database")
+        return None
 
 
 def api_token_authenticate(*, raw: str) -> ApiClient | None:
@@ -117,40 +131,45 @@ def api_token_authenticate(*, raw: str) -> ApiClient | None:
     claimed = token_tenant_id(raw)
     if claimed is None:
         return None
-    digest, client = token_digest(raw), None
-    with contextlib.suppress(*CACHE_ERRORS):
-        client = cache.get(_cache_key(digest))
-    if client is not None:
-        return client
+    key = _cache_key(token_digest(raw))
+    remembered = _remembered(key)
+    if isinstance(remembered, ApiClient):
+        return remembered
     # Under row-level security, the claimed tenant's tokens only: a token
     # naming another tenant than its own is not found.
     with tenant_context([claimed]):
-        client = _lookup(digest)
-    if client is not None:
-        with contextlib.suppress(*CACHE_ERRORS):
-            cache.set(_cache_key(digest), client, REMEMBER_FOR)
+        client = _lookup(token_digest(raw))
+    if client is not None and remembered is None and cache_up():
+        try:
+            # add, not set: never over the marker of a token just forgotten.
+            cache.add(key, client, REMEMBER_FOR)
+        except CACHE_ERRORS as exc:
+            cache_failed(exc, "API tokens are checked in the database")
     return client
 
 
 def api_tokens_forget(*, digests: Iterable[str]) -> None:
     """
-    Check these tokens against the database on their next use: now, and
-    once more when the caller's transaction commits (a request between the
-    two could have remembered the old answer).
+    Check these tokens against the database on their next uses: mark them
+    "ask the database" for ``REMEMBER_FOR``, now and again when the caller's
+    transaction commits. A request that read the token before the change
+    committed can then not remember its answer (it adds, and the marker is
+    there), nor outlive the marker.
     """
-    keys = [_cache_key(digest) for digest in digests]
-    if not keys:
+    markers = {_cache_key(digest): ASK_DATABASE for digest in digests}
+    if not markers:
         return
 
     def forget() -> None:
+        # Tried even while the cache seems down: the marker is what makes
+        # a revocation immediate for every process.
         try:
-            cache.delete_many(keys)
+            cache.set_many(markers, REMEMBER_FOR)
         except CACHE_ERRORS as exc:
-            logger.warning(
-                "token cache unavailable (%s): revoked or suspended tokens "
-                "may be accepted for up to %s s",
-                type(exc).__name__,
-                REMEMBER_FOR,
+            cache_failed(
+                exc,
+                f"revoked or suspended tokens may be accepted from the cache "
+                f"for up to {REMEMBER_FOR} s",
             )
 
     forget()

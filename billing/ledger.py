@@ -431,11 +431,16 @@ def ledger_reprice_unpriced(*, tenant: Tenant) -> int:
             )
         for at in range(0, len(held), REPRICE_CHUNK):
             with tenant_context([tenant.pk]):
-                for row in model.objects.filter(
-                    id__in=held[at : at + REPRICE_CHUNK],
-                    status=BillingStatus.UNPRICED,
-                ).select_for_update():
-                    released += _release_if_priced(row)
+                priced = [
+                    row.trace_timestamp
+                    for row in model.objects.filter(
+                        id__in=held[at : at + REPRICE_CHUNK],
+                        status=BillingStatus.UNPRICED,
+                    ).select_for_update()
+                    if _release_if_priced(row)
+                ]
+                _usage_changed_on_commit(tenant.pk, priced)
+                released += len(priced)
     return released
 
 
@@ -458,7 +463,6 @@ def _release_if_priced(row: UsageRecord | UsageAdjustment) -> bool:
     totals.apply_to(row)
     row.status, row.skip_reason = BillingStatus.PENDING, ""
     row.save()
-    _usage_changed_on_commit(row.tenant_id, [row.trace_timestamp])
     return True
 
 

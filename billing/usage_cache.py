@@ -13,12 +13,15 @@ revalidating, versioned by the ledger's writes (seed 003 and its review).
   on arrival, never current with old numbers.
 - **Single-flight.** On a miss one caller, the holder of ``{key}:lock``
   (an atomic ``add``, so across processes too), runs the query; the others
-  wait for its entry instead of running the same query.
+  wait for its entry while the lock is held. The query's statement timeout
+  is shorter than the lock's life, so a slow database makes callers wait,
+  not query too.
 - **Stale while revalidate.** An entry older than ``FRESH_FOR`` is still
-  served at once, and one background thread (its own connection, its own
-  statement timeout) computes the next one.
+  served at once, and one background thread (its own connection) computes
+  the next one. An entry a ledger write outdated is not served: a billing
+  figure that changed is not shown as it was.
 - **Redis down** costs the cache, not the answer: the summary is computed
-  directly and a warning logged.
+  directly and a warning logged (``billing.cache_health``).
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ from datetime import date
 
 from django.core.cache import cache
 from django.db import connection, connections
-from redis.exceptions import RedisError
 
+from billing.cache_health import CACHE_ERRORS, cache_failed, cache_up
 from billing.tenancy import tenant_context
 from billing.usage_summary import UsagePeriod, month_label, usage_summary_json
 
@@ -46,14 +49,14 @@ TTL = 10 * 60
 FRESH_FOR = 60
 # A lock outlives a caller that died holding it by at most this long.
 LOCK_TTL = 30
-# How long a caller waits for another's query before running its own, and
-# how often it looks: soon at first, then less often, so that a hundred
-# waiters do not spend the CPU the query needs on looking.
-WAIT_FOR = 10.0
+# The query gives up after this long (Postgres), well inside the lock's
+# life: whoever holds the lock has answered or failed before it expires, so
+# waiting for the lock is never waiting for nothing.
+QUERY_TIMEOUT_MS = 20_000
+# How often a waiter looks: soon at first, then less often, so that a
+# hundred waiters do not spend the CPU the query needs on looking.
 POLL_FIRST, POLL_MOST = 0.005, 0.05
-# The background refresh's query gives up after this long (Postgres).
-REFRESH_TIMEOUT_MS = 10_000
-CACHE_ERRORS = (RedisError, OSError)
+BYPASSED = "the usage summary is read from the database"
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ def _version_key(tenant_id: int, month: str) -> str:
 
 def usage_summary_cached(*, tenant_id: int, period: UsagePeriod) -> CachedSummary:
     """The summary's JSON body, from the cache when it holds a current one."""
+    if not cache_up():
+        return CachedSummary(_summary(tenant_id, period), "bypass")
     key = _key(tenant_id, period)
     version_keys = [_version_key(tenant_id, month) for month in period.months]
     try:
@@ -92,32 +97,33 @@ def usage_summary_cached(*, tenant_id: int, period: UsagePeriod) -> CachedSummar
             return CachedSummary(entry.body, "stale")
         return CachedSummary(_single_flight(tenant_id, period, versions), "miss")
     except CACHE_ERRORS as exc:
-        logger.warning(
-            "usage cache unavailable (%s): tenant %s %s computed directly",
-            type(exc).__name__,
-            tenant_id,
-            period.label,
-        )
+        cache_failed(exc, BYPASSED)
         return CachedSummary(_summary(tenant_id, period), "bypass")
 
 
-def _summary(tenant_id: int, period: UsagePeriod, *, timeout_ms: int = 0) -> bytes:
+def _summary(
+    tenant_id: int, period: UsagePeriod, *, timeout_ms: int = QUERY_TIMEOUT_MS
+) -> bytes:
     """The summary's body, read in a transaction scoped to the tenant."""
     with tenant_context([tenant_id]):
-        if timeout_ms and connection.vendor == "postgresql":
+        if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
         return usage_summary_json(tenant_id=tenant_id, period=period)
 
 
 def _store(
-    tenant_id: int, period: UsagePeriod, versions: tuple, *, timeout_ms: int = 0
+    tenant_id: int,
+    period: UsagePeriod,
+    versions: tuple,
+    *,
+    timeout_ms: int = QUERY_TIMEOUT_MS,
 ) -> bytes:
     body = _summary(tenant_id, period, timeout_ms=timeout_ms)
     try:
         cache.set(_key(tenant_id, period), Entry(versions, time.time(), body), TTL)
     except CACHE_ERRORS as exc:
-        logger.warning("usage cache unavailable (%s): not stored", type(exc).__name__)
+        cache_failed(exc, "a usage summary was not stored")
     return body
 
 
@@ -126,52 +132,66 @@ def _current(key: str, versions: tuple) -> bytes | None:
     return entry.body if entry is not None and entry.versions == versions else None
 
 
+def _release(lock: str, owner: str) -> None:
+    # Only one's own lock: a holder that outlived LOCK_TTL must not free
+    # the next holder's. (Not atomic; the timeout above makes it moot.)
+    with contextlib.suppress(*CACHE_ERRORS):
+        if cache.get(lock) == owner:
+            cache.delete(lock)
+
+
 def _single_flight(tenant_id: int, period: UsagePeriod, versions: tuple) -> bytes:
+    """
+    Run the query once for every caller that missed: the lock's holder runs
+    it, the others wait for its entry as long as a lock is held, and take
+    the lock over when it is gone (its holder failed, or died and the lock
+    expired) with no entry left behind.
+    """
     key = _key(tenant_id, period)
-    lock = f"{key}:lock"
-    deadline, pause = time.monotonic() + WAIT_FOR, POLL_FIRST
+    lock, owner = f"{key}:lock", uuid.uuid4().hex
+    deadline, pause = time.monotonic() + LOCK_TTL, POLL_FIRST
     while time.monotonic() < deadline:
-        if cache.add(lock, 1, LOCK_TTL):
+        if cache.add(lock, owner, LOCK_TTL):
             try:
                 # The lock may be free because its holder just stored the
                 # entry this caller missed: look again before querying.
                 return _current(key, versions) or _store(tenant_id, period, versions)
             finally:
-                cache.delete(lock)
+                _release(lock, owner)
         time.sleep(pause)
         pause = min(pause * 1.5, POLL_MOST)
         body = _current(key, versions)
         if body is not None:
             return body
-    # Whoever holds the lock is stuck: answer rather than wait on.
+    # A whole lock's life without an answer: the cache misbehaves.
     return _summary(tenant_id, period)
 
 
 def _refresh_in_background(
     tenant_id: int, period: UsagePeriod, versions: tuple
 ) -> None:
-    lock = f"{_key(tenant_id, period)}:lock"
-    if not cache.add(lock, 1, LOCK_TTL):
+    lock, owner = f"{_key(tenant_id, period)}:lock", uuid.uuid4().hex
+    if not cache.add(lock, owner, LOCK_TTL):
         return  # being computed already
     thread = threading.Thread(
         target=_refresh,
-        args=(tenant_id, period, versions, lock),
+        args=(tenant_id, period, versions, lock, owner),
         name=f"usage-refresh-{tenant_id}",
         daemon=True,
     )
     thread.start()
 
 
-def _refresh(tenant_id: int, period: UsagePeriod, versions: tuple, lock: str) -> None:
-    # A thread of its own: its own connection, closed when it is done, and
-    # a statement timeout so a slow query cannot pile refreshes up.
+def _refresh(
+    tenant_id: int, period: UsagePeriod, versions: tuple, lock: str, owner: str
+) -> None:
+    # A thread of its own: its own connection, closed when it is done.
     try:
-        _store(tenant_id, period, versions, timeout_ms=REFRESH_TIMEOUT_MS)
+        _store(tenant_id, period, versions)
     except Exception:
         logger.exception("usage refresh failed: tenant %s %s", tenant_id, period.label)
     finally:
-        with contextlib.suppress(*CACHE_ERRORS):
-            cache.delete(lock)
+        _release(lock, owner)
         connections.close_all()
 
 
@@ -179,7 +199,8 @@ def usage_cache_invalidate(*, tenant_id: int, days: Iterable[date]) -> None:
     """
     Make the cached summaries covering ``days`` of the tenant stale. Called
     when a ledger write commits; a cache outage is logged, not raised (the
-    entries it leaves expire within ``TTL``).
+    entries it leaves expire within ``TTL``). Tried even while the cache
+    seems down to this process: other processes may be reading it.
     """
     months = {month_label(day.year, day.month - 1) for day in days}
     if not months:
@@ -190,11 +211,8 @@ def usage_cache_invalidate(*, tenant_id: int, days: Iterable[date]) -> None:
             {_version_key(tenant_id, month): version for month in months}, None
         )
     except CACHE_ERRORS as exc:
-        logger.warning(
-            "usage cache unavailable (%s): tenant %s summaries of %s may be "
-            "stale for up to %s s",
-            type(exc).__name__,
-            tenant_id,
-            ", ".join(sorted(months)),
-            TTL,
+        cache_failed(
+            exc,
+            f"tenant {tenant_id}'s usage summaries of {', '.join(sorted(months))} "
+            f"may be stale for up to {TTL} s",
         )

@@ -116,8 +116,9 @@ if REDIS_URL:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
-            # A Redis that hangs must cost the usage API a second, not the
-            # request: the cache is optional, its callers fall back.
+            # A Redis that hangs costs a request a second, and then is left
+            # alone for a while (billing.cache_health): the cache is
+            # optional, its callers fall back to the database.
             "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
         }
     }

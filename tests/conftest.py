@@ -3,6 +3,7 @@ import pytest
 from django.db import connection
 
 from billing.app_role import app_role_ensure
+from billing.cache_health import cache_reset
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
 
 pytest_plugins = [
@@ -18,6 +19,13 @@ APP_ROLE = "billing_app_test"
 def fast_passwords(settings):
     # A real password hash costs about 0.5 s a user and tests nothing here.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def cache_trusted_again():
+    # A test that breaks the cache pauses it for this process: not the next.
+    yield
+    cache_reset()
 
 
 @pytest.fixture

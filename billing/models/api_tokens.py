@@ -50,7 +50,3 @@ class ApiToken(TenantOwnedModel):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
-
-    @property
-    def is_active(self) -> bool:
-        return self.revoked_at is None

@@ -4,13 +4,16 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 
 from anomalies.detectors import Finding
 from anomalies.models import CostAnomaly, Incident
 from anomalies.services import anomalies_record, anomaly_resolve
+from billing.app_role import app_role_ensure
 from billing.audit import Actor
 from billing.models import AuditLog, Tenant
 from tests.anomalies.conftest import TODAY
+from tests.conftest import APP_ROLE
 
 pytestmark = pytest.mark.django_db
 
@@ -135,6 +138,18 @@ def test_bad_filters_are_a_400_naming_the_field(
     body = response.json()
     assert body["detail"] == "Invalid request."
     assert field in [error["field"] for error in body["errors"]]
+
+
+def test_a_viewer_may_not_review_whatever_the_body(api, tenant, anomalies, make_token):
+    # The role is checked before the input: a viewer learns nothing more.
+    response = api(
+        "patch",
+        f"/cost-anomalies/{anomalies.first().pk}",
+        make_token(tenant, "viewer"),
+        data="{not json",
+        content_type="application/json",
+    )
+    assert response.status_code == 403
 
 
 def test_a_viewer_reads_but_may_not_review(api, tenant, anomalies, make_token):
@@ -275,15 +290,39 @@ def test_another_tenant_s_anomaly_is_a_404(api, tenant, other_tenant, make_token
     assert theirs.status == "open"
 
 
-def test_row_level_security_scopes_the_request_to_the_token_s_tenant(
-    api, tenant, other_tenant, make_token, as_app_role
+@pytest.mark.django_db(transaction=True)
+def test_as_the_web_role_outside_any_transaction_the_token_s_tenant_only(
+    api, tenant, other_tenant, make_token, empty_cache
 ):
+    # The production path: API requests run in no transaction, as a role
+    # that cannot lift row-level security; each view scopes its own work.
     mine = detect(tenant, high("bot")).get()
     theirs = detect(other_tenant, high("bot")).get()
-    token = make_token(tenant)
-    as_app_role()  # as the web's database role, which cannot lift RLS
-    assert ids(api("get", "/cost-anomalies", token)) == [mine.pk]
-    assert api("get", f"/cost-anomalies/{theirs.pk}", token).status_code == 404
+    token = make_token(tenant, "operator")
+    app_role_ensure(role=APP_ROLE)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET ROLE {APP_ROLE}")
+    try:
+        assert not connection.in_atomic_block
+        assert ids(api("get", "/cost-anomalies", token)) == [mine.pk]
+        assert api("get", f"/cost-anomalies/{theirs.pk}", token).status_code == 404
+        resolved = api(
+            "patch",
+            f"/cost-anomalies/{mine.pk}",
+            token,
+            json={"status": "resolved", "resolution_reason": "fixed"},
+        )
+        assert resolved.status_code == 200
+        assert api("get", "/usage?period=2026-11", token).status_code == 200
+        # Outside a view's scope the role sees no tenant's rows at all.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM anomalies_costanomaly")
+            assert cursor.fetchone() == (0,)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET ROLE")
+    entry = AuditLog.objects.get(action="anomaly.resolve")
+    assert (entry.actor_kind, entry.object_id) == ("api", str(mine.pk))
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,13 @@
 """API tokens: shown once, stored hashed, revoked for good, managed by tenant admins."""
 
 import hashlib
+import threading
+import time
 from datetime import timedelta
 
 import pytest
 from django.core.cache import cache
+from django.db import connections, transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -221,3 +224,31 @@ def test_the_list_filters_active_and_revoked_tokens(client, tenant, tenant_admin
     revoked = client.get(CHANGELIST, {"status": "revoked"}).content.decode()
     assert "kept" in active and "gone" not in active
     assert "gone" in revoked and "kept" not in revoked and "revoked " in revoked
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("empty_cache")
+def test_a_request_during_a_revocation_cannot_bring_the_token_back(api, tenant):
+    raw = api_token_create(
+        tenant=tenant, name="ci", role="viewer", actor=Actor.system()
+    ).raw
+    token = ApiToken.objects.get()
+    # Due a touch of its last use: the request's UPDATE waits on the row the
+    # revocation holds, then finishes after the revocation committed.
+    ApiToken.objects.filter(pk=token.pk).update(
+        last_used_at=timezone.now() - timedelta(minutes=5)
+    )
+    during = {}
+
+    def request():
+        during["client"] = api_token_authenticate(raw=raw)
+        connections.close_all()
+
+    with transaction.atomic():  # the admin's request of the Revoke action
+        api_token_revoke(token_id=token.pk, actor=Actor.system())
+        thread = threading.Thread(target=request)
+        thread.start()
+        time.sleep(0.5)
+    thread.join()
+    assert during["client"] is None
+    assert api("get", "/cost-anomalies", raw).status_code == 401

@@ -13,6 +13,7 @@ from decimal import Decimal
 from functools import partial
 
 import httpx
+import psycopg
 import pytest
 from django.db import connection
 from django.db.backends.signals import connection_created
@@ -227,6 +228,12 @@ def test_a_rolled_back_write_outdates_nothing(
     assert get_usage(api, token)[0]["X-Cache"] == "hit"
 
 
+def database_url() -> str:
+    """The test database, for a connection of its own (a psycopg URL)."""
+    db = connection.settings_dict
+    return f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
 def wait_for(predicate, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -306,6 +313,28 @@ def test_fifty_concurrent_cold_requests_run_the_query_once(
     )
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("empty_cache", "usage")
+def test_callers_wait_for_a_slow_query_instead_of_running_it_too(
+    live_server, tenant, make_token, summary_query_count
+):
+    headers = {"Authorization": f"Bearer {make_token(tenant)}"}
+    url = f"{live_server.url}/api/v1/usage?period=2026-11"
+    # The first caller's query waits on this lock, as on a slow database.
+    with psycopg.connect(database_url(), autocommit=False) as blocker:
+        blocker.execute("LOCK TABLE billing_dailyscopeusage IN ACCESS EXCLUSIVE MODE")
+        with ThreadPoolExecutor(20) as pool:
+            requests = [
+                pool.submit(httpx.get, url, headers=headers, timeout=30)
+                for _ in range(20)
+            ]
+            time.sleep(1.5)
+            blocker.rollback()
+            responses = [request.result() for request in requests]
+    assert {r.status_code for r in responses} == {200}
+    assert summary_query_count[0] == 1
+
+
 @pytest.fixture
 def redis_down(settings):
     # A closed port: every cache call fails at once, as with Redis stopped.
@@ -326,7 +355,11 @@ def test_redis_down_answers_from_the_database_with_a_warning(
     response, body = get_usage(api, token)
     assert response.status_code == 200 and response["X-Cache"] == "bypass"
     assert body["totals"]["traces"] == 3
-    assert "usage cache unavailable (ConnectionError)" in caplog.text
+    assert "cache unavailable (ConnectionError)" in caplog.text
+    # Paused after the failure: the next request does not wait on it again.
+    caplog.clear()
+    assert get_usage(api, token)[0]["X-Cache"] == "bypass"
+    assert "cache unavailable" not in caplog.text
     # The ledger's writes go on, saying the cache may lag.
     with django_capture_on_commit_callbacks(execute=True):
         merge(tenant, trace("t5", {"o1": GPT}, project_id="web"))
