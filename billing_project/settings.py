@@ -114,7 +114,7 @@ REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "billing_project.redis_cache.RedisCache",
             "LOCATION": REDIS_URL,
             # A Redis that hangs costs a request a second, and then is left
             # alone for a while (billing.cache_health): the cache is
