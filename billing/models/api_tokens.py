@@ -1,9 +1,10 @@
 """
 Per-tenant API tokens: a role for a client of the REST API, never a user.
 
-Only a SHA-256 digest of the secret is stored; the token itself is shown once,
-when it is created (``billing.api_tokens``). A token is revoked, never
-deleted, so the audit log can always name the token behind an API action.
+Only a SHA-256 digest of the secret is stored; the token itself is shown
+once, when it is created (``billing.services.api_token_create``). A token is
+revoked, never deleted, so the audit log can always name the token behind an
+API action.
 """
 
 from __future__ import annotations
