@@ -68,6 +68,8 @@ def django_env(postgres_url: str, database: str) -> dict[str, str]:
         SECRET_KEY="bench",
         FIELD_ENCRYPTION_KEYS=FERNET_KEY,
         LOG_LEVEL="WARNING",
+        # The benchmarks' clients and servers speak plain HTTP.
+        HTTPS="0",
     )
     return env
 
