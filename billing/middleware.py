@@ -5,6 +5,7 @@ from collections.abc import Callable
 from django.http import HttpRequest, HttpResponse
 
 from billing.api_auth import API_PREFIX, api_request_authenticate
+from billing.health import HEALTH_PATH
 from billing.models import Tenant
 from billing.selectors import tenant_ids_for_user
 from billing.tenancy import tenant_context
@@ -25,6 +26,10 @@ class TenantRLSMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.path_info.startswith(API_PREFIX):
             return self._api_call(request)
+        if request.path_info == HEALTH_PATH:
+            # Its own transactions, so that it answers when the database
+            # does not.
+            return self.get_response(request)
         tenant_ids = tenant_ids_for_user(user=request.user)
         request.tenant_ids = tenant_ids
         # The web role cannot lift RLS, not even for a superuser: name every

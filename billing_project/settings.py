@@ -42,6 +42,8 @@ SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=HTTPS)
 # Behind a proxy that ends TLS: the header it sets and the value meaning
 # HTTPS, e.g. "HTTP_X_FORWARDED_PROTO,https". Only for a proxy that always
 # sets it (a client could send it too).
+# Load balancers probe the health check over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^health$"]
 _proxy_header = env.list("SECURE_PROXY_SSL_HEADER", default=[])
 if _proxy_header:
     if len(_proxy_header) != 2:
@@ -148,6 +150,10 @@ if REDIS_URL:
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# The monitoring token: GET /health with it also reports queues, unreported
+# usage and each tenant's sync lag (tenants' business). Empty: nobody may.
+HEALTH_TOKEN = env.str("HEALTH_TOKEN", default="")
 
 # Without Redis (the embedded default) jobs run inline in the calling process.
 RQ_QUEUES = {

@@ -1,6 +1,6 @@
 """
-The project's URLs: the admin, the REST API (``billing_project.api``), and
-the RQ dashboard for superusers only.
+The project's URLs: the admin, the REST API (``billing_project.api``), the
+health check, and the RQ dashboard for superusers only.
 
 django-rq lets in any staff user (``staff_member_required``), but its pages
 show every tenant's jobs, their arguments and their errors, and let one
@@ -18,6 +18,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, include, path, reverse
 from django_rq.urls import get_admin_urlpatterns, get_api_urlpatterns
 
+from billing.views import health
 from billing_project.api import api
 
 View = Callable[..., HttpResponse]
@@ -71,5 +72,6 @@ rq_urlpatterns = [
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
+    path("health", health, name="health"),
     path("django-rq/", include((rq_urlpatterns, "django_rq"))),
 ]

@@ -206,6 +206,7 @@ class Command(BaseCommand):
         token = api_token_create(
             tenant=tenants[0], name="demo", role=Membership.Role.OPERATOR, actor=actor
         ).raw
+        self.stdout.write(f"Health:   http://127.0.0.1:{options['port']}/health")
         base = f"http://127.0.0.1:{options['port']}/api/v1"
         self.stdout.write(f"API:      {base}/docs")
         self.stdout.write(f"  token {token} (operator of {tenants[0].name})")
