@@ -1,5 +1,6 @@
 """
-RQ jobs for the daily analytics: rollup, then detection as a dependent job.
+RQ jobs for the daily analytics: rollup, then detection and the Stripe
+reconciliation as dependent jobs.
 
 ``enqueue_daily_analytics`` runs from the cron schedule at 02:00 UTC for the
 previous UTC day. RQ starts the detection job only once the rollup job has
@@ -16,6 +17,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from anomalies.pipeline import detect_days, previous_utc_day, rollup_days
+from billing.jobs import stripe_reconcile_job
 from billing.schedule import once_per_tick
 
 QUEUE = "default"
@@ -54,12 +56,18 @@ def _current_job_id() -> str:
 
 
 @once_per_tick
-def enqueue_daily_analytics(day: date | None = None) -> tuple[Job, Job]:
-    """Enqueue the rollup of ``day`` (default: yesterday, UTC) and its detection."""
+def enqueue_daily_analytics(day: date | None = None) -> tuple[Job, Job, Job]:
+    """
+    Enqueue the rollup of ``day`` (default: yesterday, UTC), then its
+    detection and the reconciliation of the last week with Stripe.
+    """
     day = day or previous_utc_day()
     queue = django_rq.get_queue(QUEUE)
     rollup = queue.enqueue(rollup_job, day.isoformat(), job_id=f"rollup-{day}")
     detect = queue.enqueue(
         detect_job, day.isoformat(), job_id=f"detect-{day}", depends_on=rollup
     )
-    return rollup, detect
+    reconcile = queue.enqueue(
+        stripe_reconcile_job, job_id=f"reconcile-stripe-{day}", depends_on=rollup
+    )
+    return rollup, detect, reconcile

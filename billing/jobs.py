@@ -12,11 +12,14 @@ other is recorded as skipped.
 from __future__ import annotations
 
 import django_rq
+from rq import get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from billing.models import SyncRun
+from billing.audit import Actor
+from billing.models import StripeReconciliation, SyncRun
 from billing.schedule import once_per_tick
+from billing.stripe_reconcile import stripe_reconcile_recent
 from billing.sync import (
     RECONCILE_TIERS,
     eligible_tenant_ids,
@@ -107,4 +110,19 @@ def reconcile_tenant_job(tenant_id: int, tier: str) -> dict:
         "billed": sum(run.billed for run in runs),
         "healed": sum(run.healed for run in runs),
         "adjustments": sum(run.adjustments for run in runs),
+    }
+
+
+def stripe_reconcile_job() -> dict:
+    """
+    The last week of every billed tenant against Stripe (``reconcile_stripe``),
+    after the nightly rollup; counts only.
+    """
+    job = get_current_job()
+    results = stripe_reconcile_recent(actor=Actor.job(job.id if job else ""))
+    drift = [r for r in results if r.status != StripeReconciliation.Status.MATCH]
+    return {
+        "tenant_days": len(results),
+        "drift": len(drift),
+        "resent": sum(len(r.details.get("resent", ())) for r in results),
     }

@@ -84,13 +84,13 @@ def stripe_client() -> stripe.StripeClient:
     )
 
 
-def _amount_expression(unit: str):
+def meter_amount_expression(unit: str):
     if unit == MeterUnit.TOKENS:
         return F("input_tokens") + F("output_tokens") + F("cached_tokens")
     return F("cost")
 
 
-def _to_amount(raw: Decimal | int | None, unit: str) -> Decimal:
+def to_meter_amount(raw: Decimal | int | None, unit: str) -> Decimal:
     raw = Decimal(raw or 0)
     return raw if unit == MeterUnit.TOKENS else raw * MICRO
 
@@ -166,9 +166,10 @@ def _create_one_report(
         ):
             if ids:
                 totals = batch.aggregate(
-                    raw=Sum(_amount_expression(unit)), latest=Max("trace_timestamp")
+                    raw=Sum(meter_amount_expression(unit)),
+                    latest=Max("trace_timestamp"),
                 )
-                amount += _to_amount(totals["raw"], unit)
+                amount += to_meter_amount(totals["raw"], unit)
                 latest.append(totals["latest"])
         billed_amount = cursor.billed_amount + amount
         target_units = int(billed_amount.to_integral_value(rounding=ROUND_FLOOR))

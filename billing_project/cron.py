@@ -19,5 +19,6 @@ cron.register(sync_all_tenants, "default", interval=60)
 cron.register(reconcile_all_tenants, "default", args=("hourly",), cron="17 * * * *")
 cron.register(reconcile_all_tenants, "default", args=("daily",), cron="37 3 * * *")
 cron.register(reconcile_all_tenants, "default", args=("weekly",), cron="47 4 * * 0")
-# 02:00 UTC: roll up yesterday, then detect anomalies (a dependent job).
+# 02:00 UTC: roll up yesterday, then detect anomalies and reconcile the last
+# week with Stripe (dependent jobs).
 cron.register(enqueue_daily_analytics, "default", cron="0 2 * * *")

@@ -301,6 +301,8 @@ class _Account:
     )
     idempotency: OrderedDict[str, _Stored] = field(default_factory=OrderedDict)
     error_reports: list[dict[str, Any]] = field(default_factory=list)
+    # Arrivals of events lost by ``lose_meter_event``: no longer counted.
+    lost: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -831,7 +833,32 @@ class StripeEmulator:
     def meter_events(self, *, api_key: str | None = None) -> list[dict[str, Any]]:
         """The account's accepted (counted) meter events, in arrival order."""
         with self._lock:
-            return copy.deepcopy(self._account(api_key).events)
+            account = self._account(api_key)
+            return copy.deepcopy(
+                [e for n, e in enumerate(account.events) if n not in account.lost]
+            )
+
+    def lose_meter_event(self, identifier: str, *, api_key: str | None = None) -> None:
+        """
+        Lose an accepted event as if Stripe had never recorded it: it leaves
+        the totals and summaries, and its identifier may be sent again.
+        (What a reconciliation must notice; no real API does this.)
+        """
+        with self._lock:
+            account = self._account(api_key)
+            arrival = next(
+                n
+                for n, event in enumerate(account.events)
+                if event["identifier"] == identifier and n not in account.lost
+            )
+            account.lost.add(arrival)
+            account.identifiers.discard(identifier)
+            for key, points in account.series.items():
+                account.series[key] = [p for p in points if p[1] != arrival]
+                total = _Total()
+                for timestamp, seq, value in account.series[key]:
+                    total.add(timestamp, seq, value)
+                account.totals[key] = total
 
     def error_reports(self, *, api_key: str | None = None) -> list[dict[str, Any]]:
         """

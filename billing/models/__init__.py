@@ -13,6 +13,7 @@ from billing.models.ledger import (
     UsageAdjustment,
     UsageRecord,
 )
+from billing.models.reconciliation import StripeReconciliation
 from billing.models.tenants import AuditLog, Membership, Tenant
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "DailyTraceCost",
     "Membership",
     "ScopeType",
+    "StripeReconciliation",
     "StripeReport",
     "SyncCursor",
     "SyncRun",

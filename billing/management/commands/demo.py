@@ -30,6 +30,7 @@ import fcntl
 import secrets
 import socket
 from collections import Counter
+from datetime import timedelta
 from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -50,7 +51,13 @@ from billing.emulators.base import EmulatorServer
 from billing.emulators.langfuse import LangfuseEmulator
 from billing.emulators.scenario import generate_scenario
 from billing.emulators.stripe import StripeEmulator
-from billing.models import Membership, StripeReport, Tenant, UsageRecord
+from billing.models import (
+    Membership,
+    StripeReconciliation,
+    StripeReport,
+    Tenant,
+    UsageRecord,
+)
 from billing.models.tenants import DEFAULT_METER_EVENT_NAME
 from billing.rollup import days_between
 from billing.services import (
@@ -59,6 +66,7 @@ from billing.services import (
     tenant_create,
     tenant_update,
 )
+from billing.stripe_reconcile import stripe_reconcile_tenants
 from billing.stripe_sink import stripe_client
 from billing.sync import eligible_tenant_ids, sync_tenants
 from billing.tenancy import tenant_context
@@ -196,6 +204,7 @@ class Command(BaseCommand):
         runs = sync_tenants(eligible_tenant_ids(), concurrency=1)
         self._summary(runs, stripe_emulator)
         self._analytics(scenario)
+        self._reconciliation(scenario)
 
         self.stdout.write("")
         self.stdout.write(f"Admin:    http://127.0.0.1:{options['port']}/admin/")
@@ -331,6 +340,24 @@ class Command(BaseCommand):
             raise CommandError(
                 f"The demo data should produce every anomaly type; none of {missing}."
             )
+
+    def _reconciliation(self, scenario) -> None:
+        # Finished days only, as the daily job checks: today's usage is
+        # still settling and being reported.
+        results = stripe_reconcile_tenants(
+            since=scenario.window_start.date(),
+            until=timezone.now().date() - timedelta(days=1),
+            fix=False,
+            actor=Actor.system(),
+        )
+        matching = sum(r.status == StripeReconciliation.Status.MATCH for r in results)
+        self.stdout.write("")
+        self.stdout.write(
+            f"Stripe reconciliation: {matching} of {len(results)} tenant-days "
+            "match (ledger = outbox = Stripe's meter summaries)"
+        )
+        if matching != len(results):
+            raise CommandError("The demo's ledger drifts from Stripe.")
 
     def _summary(self, runs, stripe_emulator: StripeEmulator) -> None:
         self.stdout.write("")
