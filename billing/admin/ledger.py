@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
 from billing.admin.base import (
@@ -17,6 +19,7 @@ from billing.models import (
     UsageRecord,
 )
 from billing.models.ledger import BillingStatus
+from billing.pricing import PriceSource, price_for_model
 
 # A reason in a list row; the whole one is on the record's page.
 REASON_CHARS = 80
@@ -55,6 +58,44 @@ class UsageRecordAdmin(
     @admin.display(description="Why skipped or held")
     def reason(self, obj: UsageRecord) -> str:
         return Truncator(obj.skip_reason).chars(REASON_CHARS)
+
+    readonly_fields = ["billed_by", "priced_by"]
+
+    @admin.display(description="Billed by")
+    def billed_by(self, obj: UsageRecord) -> str:
+        if obj.report_id is None:
+            return "-"
+        return format_html(
+            '<a href="{}">{}</a> ({})',
+            reverse("admin:billing_stripereport_change", args=[obj.report_id]),
+            obj.report.identifier,
+            obj.report.get_status_display(),
+        )
+
+    @admin.display(description="Priced by")
+    def priced_by(self, obj: UsageRecord) -> str:
+        """Each observation's model, cost and the price rule that gave it."""
+        sources = dict(PriceSource.choices)
+        rows = []
+        # An entry: [model, input, output, cached, "cost", price source, ...].
+        for observation, entry in sorted(obj.observations.items()):
+            model, cost, source = entry[0], entry[4], entry[5]
+            price = (
+                price_for_model(model) if source == PriceSource.PRICE_TABLE else None
+            )
+            rule = (
+                f"{price.model_name} (pattern {price.pattern.pattern})"
+                if price
+                else sources.get(source, source)
+            )
+            rows.append((observation, model, cost, rule))
+        return format_html(
+            "<table><thead><tr><th>Observation</th><th>Model</th><th>Cost</th>"
+            "<th>Price rule</th></tr></thead><tbody>{}</tbody></table>",
+            format_html_join(
+                "", "<tr><td>{}</td><td>{}</td><td>${}</td><td>{}</td></tr>", rows
+            ),
+        )
 
 
 @admin.register(UsageAdjustment)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
 from billing.admin.base import (
     OPERATE_ROLES,
@@ -15,9 +17,12 @@ from billing.admin.base import (
     tenant_ids_acting_as,
 )
 from billing.admin.exports import CsvExportAdminMixin
-from billing.models import StripeReport
+from billing.models import StripeReport, UsageAdjustment, UsageRecord
 from billing.services import InvalidTransition
 from billing.stripe_sink import report_retry
+
+# Rows listed on a report's page; the rest are a link to the usage records.
+CARRIED_SHOWN = 100
 
 
 @admin.register(StripeReport)
@@ -66,6 +71,54 @@ class StripeReportAdmin(
         "created_at",
         "sent_at",
     ]
+
+    readonly_fields = ["carried"]
+
+    @admin.display(description="Ledger rows carried")
+    def carried(self, report: StripeReport) -> str:
+        """The records and adjustments this report billed, with their traces."""
+        rows = [
+            (
+                reverse(f"admin:billing_{model._meta.model_name}_change", args=[pk]),
+                kind,
+                trace_id,
+                f"{timestamp:%Y-%m-%d %H:%M:%S}",
+                f"${cost:.6f}",
+            )
+            for model, kind, related, trace in (
+                (UsageRecord, "record", report.usage_records, "trace_id"),
+                (
+                    UsageAdjustment,
+                    "adjustment",
+                    report.adjustments,
+                    "usage_record__trace_id",
+                ),
+            )
+            for pk, trace_id, timestamp, cost in related.order_by(
+                "trace_timestamp", "pk"
+            ).values_list("pk", trace, "trace_timestamp", "cost")[:CARRIED_SHOWN]
+        ]
+        table = format_html_join(
+            "",
+            '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>',
+            rows,
+        )
+        total = report.record_count + report.adjustment_count
+        more = ""
+        if total > len(rows):
+            listed = reverse("admin:billing_usagerecord_changelist")
+            more = format_html(
+                '<p><a href="{}?report__id__exact={}">All {} rows</a></p>',
+                listed,
+                report.pk,
+                total,
+            )
+        return format_html(
+            "<table><thead><tr><th>Row</th><th>Langfuse trace</th><th>Trace time "
+            "(UTC)</th><th>Cost</th></tr></thead><tbody>{}</tbody></table>{}",
+            table,
+            more,
+        )
 
     def has_retry_permission(self, request) -> bool:
         tenant_ids = tenant_ids_acting_as(request, OPERATE_ROLES)
