@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
@@ -59,18 +58,8 @@ class UsageRecordAdmin(
     def reason(self, obj: UsageRecord) -> str:
         return Truncator(obj.skip_reason).chars(REASON_CHARS)
 
-    readonly_fields = ["billed_by", "priced_by"]
-
-    @admin.display(description="Billed by")
-    def billed_by(self, obj: UsageRecord) -> str:
-        if obj.report_id is None:
-            return "-"
-        return format_html(
-            '<a href="{}">{}</a> ({})',
-            reverse("admin:billing_stripereport_change", args=[obj.report_id]),
-            obj.report.identifier,
-            obj.report.get_status_display(),
-        )
+    # The report that billed it is the "Report" field's link.
+    readonly_fields = ["priced_by"]
 
     @admin.display(description="Priced by")
     def priced_by(self, obj: UsageRecord) -> str:
