@@ -93,29 +93,11 @@ def test_units_stripe_holds_beyond_the_outbox_are_reported_not_deleted(
 
 
 def test_the_command_reports_each_tenant_day_and_fails_on_drift(world, billed):
+    days = ["--tenant", "acme", "--since", day_of(1).isoformat()]
+    days += ["--until", day_of(0).isoformat()]
     out = StringIO()
-    since, until = day_of(1).isoformat(), day_of(0).isoformat()
-    call_command(
-        "reconcile_stripe",
-        "--tenant",
-        "acme",
-        "--since",
-        since,
-        "--until",
-        until,
-        stdout=out,
-    )
+    call_command("reconcile_stripe", *days, stdout=out)
     assert "2 of 2 tenant-days match Stripe." in out.getvalue()
     world.stripe.lose_meter_event(StripeReport.objects.get(day=day_of(0)).identifier)
     with pytest.raises(CommandError, match="1 tenant-day"):
-        call_command(
-            "reconcile_stripe",
-            "--tenant",
-            "acme",
-            "--since",
-            since,
-            "--until",
-            until,
-            "--check-only",
-            stdout=StringIO(),
-        )
+        call_command("reconcile_stripe", *days, "--check-only", stdout=StringIO())
