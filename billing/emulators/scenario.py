@@ -48,7 +48,9 @@ one, which stays clean as a control. Each sits on a steady series of traces
 whose scope nothing else touches, so its daily cost is flat apart from it:
 
 - ``cost_spike``: one agent within one project costs 10x on one day;
-- ``cost_drop``: one user costs 0.05x on one day;
+- ``cost_drop``: one agent of its own (``weekly-report``) costs 0.05x on
+  one day. Its user's day drops too, but a person's quiet day is no anomaly
+  to the detectors; an agent's is;
 - ``missing_data``: an agent with steady daily cost has no traces at all in
   the last two UTC days (yesterday and today);
 - ``runaway_trace``: one ordinary trace of an agent uses 200x the tokens (a
@@ -93,6 +95,10 @@ SPIKE_FACTOR = 10.0
 DROP_FACTOR = 0.05
 RUNAWAY_FACTOR = 200.0
 MISSING_DAYS = 2
+# The detectors call a scope low only against a week of its own complete
+# days, and take a scope's first day in their window for a partial one: the
+# drop comes after eight days of the series, when the scenario is that long.
+DROP_HISTORY_DAYS = 8
 # Traces this close to `now` are still running; the rest finished earlier.
 SETTLE_SECONDS = 60
 _QUANTUM = Decimal("1e-12")  # Langfuse stores costs as Decimal(18, 12)
@@ -169,6 +175,7 @@ _AGENTS = (
     "data-analyst",
 )
 _STEADY_AGENT = "nightly-digest"  # the missing_data series; nothing else uses it
+_DROP_AGENT = "weekly-report"  # the cost_drop series; nothing else uses it
 _TOOLS = ("web-search", "sql-query", "vector-search", "crm-lookup")
 
 
@@ -341,7 +348,12 @@ class Scenario:
             trace_cost = trace.cost
             cost += trace_cost
             late_cost += sum(
-                (Decimal(str(o["totalCost"])) for o in trace.late_observations),
+                (
+                    Decimal(str(o["totalCost"]))
+                    for o in trace.late_observations
+                    # A late generation may be one Langfuse could not price.
+                    if o.get("totalCost") is not None
+                ),
                 Decimal(0),
             )
         return TenantTotals(**counts, cost=cost, late_cost=late_cost)
@@ -484,9 +496,15 @@ def _plan_tenant(
     per_day = max(1, min(6, traces // (days * 25)))
     spike_agent, spike_project = rng.choice(tenant.agents), rng.choice(tenant.projects)
     drop_user = tenant.users[0]  # kept out of the background traffic below
-    spike_day, drop_day = (
-        rng.sample(range(1, days - MISSING_DAYS), 2) if inject else (None, None)
-    )
+    spike_day = drop_day = None
+    if inject:
+        spike_day = rng.choice(range(1, days - MISSING_DAYS))
+        drop_days = [
+            day
+            for day in range(min(DROP_HISTORY_DAYS, days - MISSING_DAYS - 2), days)
+            if day < days - MISSING_DAYS and day != spike_day
+        ]
+        drop_day = rng.choice(drop_days)
 
     def scope() -> tuple[str, str]:
         """Pick an agent and project outside the spike series' scope."""
@@ -495,10 +513,10 @@ def _plan_tenant(
             project = rng.choice([p for p in tenant.projects if p != spike_project])
         return agent, project
 
-    drop_agent, drop_project = scope()
+    drop_project = tenant.projects[-1]
     series = (
         ("spike", spike_agent, spike_project, None),
-        ("drop", drop_agent, drop_project, drop_user),
+        ("drop", _DROP_AGENT, drop_project, drop_user),
         # An agent lives in one project, so its steady cost is one scope's.
         ("missing", _STEADY_AGENT, tenant.projects[0], None),
     )
@@ -618,9 +636,9 @@ def _plan_tenant(
             Anomaly(
                 kind="cost_drop",
                 tenant_slug=tenant.slug,
-                scope="user",
-                value=drop_user,
-                project=None,
+                scope="agent",
+                value=_DROP_AGENT,
+                project=drop_project,
                 days=(first_day + timedelta(days=drop_day),),
                 factor=DROP_FACTOR,
             ),
@@ -660,7 +678,7 @@ class _TraceBuilder:
         self.hostile_rng = random.Random(f"{scenario.seed}:{tenant.slug}:hostile")
         self.now = to_micros(scenario.now)
         # Each agent leans on one model, as real agents do.
-        agents = (*tenant.agents, _STEADY_AGENT)
+        agents = (*tenant.agents, _STEADY_AGENT, _DROP_AGENT)
         self.primary_model = {agent: self.rng.choice(CHAT_MODELS) for agent in agents}
 
     def build(self, plan: _Plan) -> ScenarioTrace:

@@ -268,11 +268,11 @@ def test_cost_spike_is_ten_times_the_usual_day(scenario, index):
 def test_cost_drop_is_a_twentieth_of_the_usual_day(scenario):
     tenant = scenario.tenants[0]
     (drop,) = [a for a in scenario.anomalies_for(tenant) if a.kind == "cost_drop"]
-    costs = daily_cost(scenario, tenant, user=drop.value)
+    costs = daily_cost(scenario, tenant, agent=drop.value, project=drop.project)
 
     (day,) = drop.days
     usual = statistics.median(c for d, c in costs.items() if d != day)
-    assert drop.scope == "user" and drop.factor == 0.05
+    assert drop.scope == "agent" and drop.factor == 0.05
     assert 0.03 < costs[day] / usual < 0.08
 
 
