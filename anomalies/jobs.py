@@ -14,7 +14,7 @@ from datetime import date
 
 import django_rq
 from rq import get_current_job
-from rq.job import Job
+from rq.job import Dependency, Job
 
 from anomalies.pipeline import detect_days, previous_utc_day, rollup_days
 from billing.jobs import stripe_reconcile_job
@@ -67,7 +67,11 @@ def enqueue_daily_analytics(day: date | None = None) -> tuple[Job, Job, Job]:
     detect = queue.enqueue(
         detect_job, day.isoformat(), job_id=f"detect-{day}", depends_on=rollup
     )
+    # After the rollup, whether it succeeded or not: billing is checked
+    # even on a night the analytics fail.
     reconcile = queue.enqueue(
-        stripe_reconcile_job, job_id=f"reconcile-stripe-{day}", depends_on=rollup
+        stripe_reconcile_job,
+        job_id=f"reconcile-stripe-{day}",
+        depends_on=Dependency(jobs=[rollup], allow_failure=True),
     )
     return rollup, detect, reconcile

@@ -3,12 +3,14 @@ How this instance and the billing pipeline are doing, for a load balancer and
 for monitoring (``GET /health``).
 
 The load balancer needs one answer: can this instance serve? That is the
-database and Redis, and the status code says it (200, or 503 when either is
-down). Monitoring needs more, and it is tenants' business, so it comes only
-with the monitoring token (``HEALTH_TOKEN``): the depth of each RQ queue, the
-oldest usage stored but not yet reported to Stripe, and each tenant's sync
-lag, with the tenants whose sync stalled. A stalled tenant or old unreported
-usage makes the status "degraded", still a 200: the instance serves.
+database, and the status code says it (200, or 503 when it is down). Redis
+down is "degraded", still a 200: the cache is optional and the admin and the
+API answer without it; only the jobs wait. Monitoring needs more, and it is
+tenants' business, so it comes only with the monitoring token
+(``HEALTH_TOKEN``): the depth of each RQ queue, the oldest report still in
+the outbox (usage not yet reported to Stripe), and each tenant's sync lag,
+with the tenants whose sync stalled. A stalled tenant or an old report makes
+the status "degraded" too.
 """
 
 from __future__ import annotations
@@ -18,23 +20,27 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import django_rq
+import redis
 from django.conf import settings
 from django.db import DatabaseError, connection
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from billing.models import SyncCursor, Tenant, UsageRecord
-from billing.models.ledger import BillingStatus
+from billing.models import StripeReport, SyncCursor, Tenant
 from billing.tenancy import tenant_context
 
 HEALTH_PATH = "/health"
 # A sync runs every minute and waits out each tenant's settle window: a
 # watermark this far behind means it has stopped moving.
 SYNC_STALLED_AFTER = 30 * 60
-# Usage is reported at the end of the sync that stored it.
+# A report is sent at the end of the sync that made it; one still pending
+# or failed after this long is stuck (Stripe down, or waiting for an
+# operator's retry).
 UNREPORTED_TOO_OLD = 60 * 60
-UNREPORTED = (BillingStatus.PENDING, BillingStatus.FAILED)
+UNSENT = (StripeReport.Status.PENDING, StripeReport.Status.FAILED)
+# The probe's own timeouts: a Redis that hangs must not hang the check.
+REDIS_TIMEOUT = 1.0
 
 
 @dataclass
@@ -54,7 +60,7 @@ class HealthReport:
 
     @property
     def serving(self) -> bool:
-        return self.database.ok and (self.redis is None or self.redis.ok)
+        return self.database.ok
 
     @property
     def status(self) -> str:
@@ -62,7 +68,8 @@ class HealthReport:
             return "down"
         stalled = any(tenant["stalled"] for tenant in self.tenants)
         old = (self.oldest_unreported_seconds or 0) > UNREPORTED_TOO_OLD
-        return "degraded" if stalled or old else "ok"
+        redis_down = self.redis is not None and not self.redis.ok
+        return "degraded" if stalled or old or redis_down else "ok"
 
 
 def _timed(probe) -> Check:
@@ -84,16 +91,25 @@ def _database() -> None:
         cursor.execute("SELECT 1")
 
 
+def _redis() -> None:
+    # RQ's Redis, probed with timeouts of its own.
+    url = settings.RQ_QUEUES["default"]["URL"]
+    with redis.Redis.from_url(
+        url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT
+    ) as probe:
+        probe.ping()
+
+
 def _seconds_since(moment: datetime | None, now: datetime) -> int | None:
     return None if moment is None else max(0, int((now - moment).total_seconds()))
 
 
 def _pipeline(report: HealthReport) -> None:
     now = timezone.now()
-    # Per tenant, so that the (tenant, status, ...) index finds the few rows
-    # not reported yet instead of a scan of the whole ledger.
+    # Per tenant, so that the (tenant, status) index finds the few reports
+    # not sent yet instead of a scan of the whole outbox.
     unreported = (
-        UsageRecord.objects.filter(tenant=OuterRef("pk"), status__in=UNREPORTED)
+        StripeReport.objects.filter(tenant=OuterRef("pk"), status__in=UNSENT)
         .order_by("created_at")
         .values("created_at")[:1]
     )
@@ -129,9 +145,7 @@ def health_report(*, detail: bool) -> HealthReport:
     redis_configured = bool(settings.REDIS_URL)
     report = HealthReport(
         database=_timed(_database),
-        redis=_timed(lambda: django_rq.get_connection().ping())
-        if redis_configured
-        else None,
+        redis=_timed(_redis) if redis_configured else None,
     )
     if not detail:
         return report

@@ -13,13 +13,15 @@ For a day it compares:
 
 Stripe has no list of meter events, only summaries, so a day that holds less
 than was sent is looked at minute by minute (each report's timestamp): a
-minute holding nothing of what was sent in it lost those reports. Only such a
-report is re-sent, with its own identifier: Stripe demonstrably does not
-have it, so sending it cannot count it twice, whatever Stripe's
-de-duplication window. Pending reports are sent too. A failed report waits
-for an operator (``report_retry``), and units Stripe holds beyond what was
-sent are reported as unexpected, never deleted (there is no way to, and
-whoever sent them may be right).
+minute holding nothing of what was sent in it lost those reports, or had
+them removed on purpose (a cancelled event, a negative correction); the two
+look the same. So such reports are listed as missing, and sent again, with
+their own identifiers, only when an operator asks (``--resend-lost``).
+Pending reports are sent. A failed report waits for an operator
+(``report_retry``), and units Stripe holds beyond what was sent are reported
+as unexpected, never deleted. Summaries are read from every meter of the
+event name, inactive ones too; with no such meter the day is "unknown
+meter", never read as Stripe holding nothing.
 """
 
 from __future__ import annotations
@@ -76,7 +78,10 @@ class _Day:
         return (
             self.stripe_value == self.sent_value
             and not self.unreported_amount
-            and not any(self.details.get(k) for k in ("pending", "failed", "missing"))
+            and not any(
+                self.details.get(k)
+                for k in ("pending", "failed", "missing", "unknown_meter")
+            )
             and not self.details.get("outbox_mismatch")
         )
 
@@ -104,33 +109,44 @@ def _ledger(tenant: Tenant, day: date, result: _Day) -> None:
                 result.unreported_amount += amount
 
 
+class MeterUnknown(Exception):
+    """No Stripe meter, active or not, has the event name: nothing to read."""
+
+
 class _Stripe:
     """The Stripe calls of one reconciliation, paced as the sync's are."""
 
     def __init__(self) -> None:
         self.client = stripe_client()
         self.caller = ProviderCaller("stripe", AdaptiveRateLimiter(), CircuitBreaker())
-        self._meters: dict[str, str | None] = {}
+        self._meters: dict[str, list[str]] | None = None
 
-    def meter_id(self, event_name: str) -> str | None:
-        if event_name not in self._meters:
+    def meter_ids(self, event_name: str) -> list[str]:
+        """
+        Every meter of the event name, inactive ones too: a meter replaced
+        by a new one of the same name keeps the events sent to it.
+        """
+        if self._meters is None:
             meters = self.caller.call(
-                lambda: self.client.v1.billing.meters.list(
-                    {"status": "active", "limit": 100}
-                )
+                lambda: self.client.v1.billing.meters.list({"limit": 100})
             )
-            self._meters.update({m.event_name: m.id for m in meters.data})
-            self._meters.setdefault(event_name, None)
-        return self._meters[event_name]
+            self._meters = defaultdict(list)
+            for meter in meters.auto_paging_iter():
+                self._meters[meter.event_name].append(meter.id)
+        return self._meters.get(event_name, [])
 
     def units(self, event_name: str, customer: str, start: int, end: int) -> int:
-        meter = self.meter_id(event_name)
-        if meter is None:
-            return 0
+        meters = self.meter_ids(event_name)
+        if not meters:
+            # Never "Stripe holds nothing": that would read as a loss.
+            raise MeterUnknown(event_name)
+        return sum(self._meter_units(m, customer, start, end) for m in meters)
+
+    def _meter_units(self, meter: str, customer: str, start: int, end: int) -> int:
+        params = {"customer": customer, "start_time": start, "end_time": end}
         summaries = self.caller.call(
             lambda: self.client.v1.billing.meters.event_summaries.list(
-                meter,
-                params={"customer": customer, "start_time": start, "end_time": end},
+                meter, params=params
             )
         )
         return round(sum(summary.aggregated_value for summary in summaries.data))
@@ -162,11 +178,15 @@ def _check(tenant: Tenant, day: date, stripe: _Stripe) -> tuple[_Day, list[int]]
     targets = {(r.event_name, r.stripe_customer_id) for r in sent} or {
         (tenant.stripe_meter_event_name, tenant.stripe_customer_id)
     }
-    result.stripe_value = sum(
-        stripe.units(event, customer, start, end)
-        for event, customer in targets
-        if customer
-    )
+    try:
+        result.stripe_value = sum(
+            stripe.units(event, customer, start, end)
+            for event, customer in targets
+            if customer
+        )
+    except MeterUnknown as exc:
+        result.details["unknown_meter"] = str(exc)
+        return result, []
     lost: list[int] = []
     if result.stripe_value < result.sent_value:
         lost = _lost(sent, stripe, result)
@@ -218,7 +238,7 @@ def report_resend(*, report_id: int, actor: Actor) -> bool:
     return bool(updated)
 
 
-def _fix(tenant: Tenant, day: date, lost: list[int], stripe: _Stripe, actor: Actor):
+def _fix(tenant: Tenant, lost: list[int], stripe: _Stripe, actor: Actor) -> list[str]:
     with tenant_sync_lock(tenant.pk, wait=True):
         with tenant_context([tenant.pk]):
             resent = [
@@ -233,17 +253,30 @@ def _fix(tenant: Tenant, day: date, lost: list[int], stripe: _Stripe, actor: Act
 
 
 def stripe_reconcile(
-    *, tenant: Tenant, day: date, fix: bool, actor: Actor, stripe: _Stripe | None = None
+    *,
+    tenant: Tenant,
+    day: date,
+    fix: bool,
+    actor: Actor,
+    resend_lost: bool = False,
+    stripe: _Stripe | None = None,
 ) -> StripeReconciliation:
-    """Check one tenant-day against Stripe (and fix what is safe); store it."""
+    """
+    Check one tenant-day against Stripe and store the result. With ``fix``,
+    send its pending reports; with ``resend_lost`` too, send again the sent
+    reports Stripe holds none of. That is an operator's call, never the
+    nightly job's: usage removed in Stripe on purpose (a cancelled event, a
+    negative correction) looks the same as usage lost.
+    """
     stripe = stripe or _Stripe()
     result, lost = _check(tenant, day, stripe)
     too_old = day < (timezone.now() - RESEND_WITHIN).date()
-    if fix and not too_old and (lost or result.details["pending"]):
-        resent = _fix(tenant, day, lost, stripe, actor)
+    lost = lost if resend_lost and not too_old else []
+    if fix and (lost or result.details["pending"]):
+        resent = _fix(tenant, lost, stripe, actor)
         result, _ = _check(tenant, day, stripe)
         result.details["resent"] = resent
-    elif lost and too_old:
+    elif resend_lost and too_old and result.details.get("missing"):
         result.details["too_old_to_resend"] = True
     status = (
         StripeReconciliation.Status.MATCH
@@ -288,6 +321,7 @@ def stripe_reconcile_tenants(
     until: date,
     fix: bool,
     actor: Actor,
+    resend_lost: bool = False,
     tenant_ids: list[int] | None = None,
 ) -> list[StripeReconciliation]:
     """Reconcile every billed tenant (or ``tenant_ids``), day by day."""
@@ -299,14 +333,24 @@ def stripe_reconcile_tenants(
     days = [since + timedelta(days=n) for n in range((until - since).days + 1)]
     stripe = _Stripe()
     return [
-        stripe_reconcile(tenant=tenant, day=day, fix=fix, actor=actor, stripe=stripe)
+        stripe_reconcile(
+            tenant=tenant,
+            day=day,
+            fix=fix,
+            actor=actor,
+            resend_lost=resend_lost,
+            stripe=stripe,
+        )
         for tenant in tenants.order_by("slug")
         for day in days
     ]
 
 
 def stripe_reconcile_recent(*, actor: Actor) -> list[StripeReconciliation]:
-    """The daily run: the last ``DAYS_CHECKED`` days of every billed tenant."""
+    """
+    The daily run: the last ``DAYS_CHECKED`` days of every billed tenant.
+    Pending reports are sent; lost ones are reported, for an operator.
+    """
     until = timezone.now().date() - timedelta(days=1)
     return stripe_reconcile_tenants(
         since=until - timedelta(days=DAYS_CHECKED - 1),

@@ -16,13 +16,16 @@ from billing.health import health_report
 @require_GET
 def health(request: HttpRequest) -> JsonResponse:
     """
-    200 while this instance can serve, 503 when its database or Redis is
-    down. With the monitoring token (``Authorization: Bearer
-    <HEALTH_TOKEN>``), also the queues, unreported usage and sync lag.
+    200 while this instance can serve, 503 when its database is down. With
+    the monitoring token (``Authorization: Bearer <HEALTH_TOKEN>``), also the
+    queues, the outbox's oldest unsent report and each tenant's sync lag.
     """
     raw = bearer_token(request)
     expected = settings.HEALTH_TOKEN
-    if raw is not None and not (expected and hmac.compare_digest(raw, expected)):
+    # Bytes: compare_digest refuses a str that is not ASCII.
+    if raw is not None and not (
+        expected and hmac.compare_digest(raw.encode(), expected.encode())
+    ):
         return JsonResponse({"detail": "Invalid monitoring token."}, status=401)
     detail = raw is not None
     report = health_report(detail=detail)

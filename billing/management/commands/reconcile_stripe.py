@@ -11,8 +11,8 @@ from billing.stripe_reconcile import DAYS_CHECKED, stripe_reconcile_tenants
 class Command(BaseCommand):
     help = (
         "Check what Stripe holds against the ledger and the outbox, per tenant "
-        "and UTC day; re-send reports Stripe lost (with their identifiers) and "
-        "pending ones. Not the sync's 'reconcile', which re-reads Langfuse."
+        "and UTC day, and send the pending reports. Not the sync's 'reconcile', "
+        "which re-reads Langfuse."
     )
 
     def add_arguments(self, parser):
@@ -20,10 +20,17 @@ class Command(BaseCommand):
         parser.add_argument("--since", help="First UTC day (default: a week ago).")
         parser.add_argument("--until", help="Last UTC day (default: yesterday).")
         parser.add_argument(
-            "--check-only", action="store_true", help="Report, re-send nothing."
+            "--check-only", action="store_true", help="Report, send nothing."
+        )
+        parser.add_argument(
+            "--resend-lost",
+            action="store_true",
+            help="Also send again, with their identifiers, the sent reports of "
+            "minutes where Stripe holds nothing (check first that nobody "
+            "removed that usage in Stripe on purpose).",
         )
 
-    def handle(self, *args, tenant, since, until, check_only, **options):
+    def handle(self, *args, tenant, since, until, check_only, resend_lost, **options):
         until = (
             parse_moment(until).date()
             if until
@@ -40,6 +47,7 @@ class Command(BaseCommand):
             since=since,
             until=until,
             fix=not check_only,
+            resend_lost=resend_lost and not check_only,
             actor=Actor.job("reconcile_stripe"),
             tenant_ids=[tenant_by_slug(slug).pk for slug in tenant] if tenant else None,
         )

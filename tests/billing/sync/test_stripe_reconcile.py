@@ -58,7 +58,15 @@ def test_a_report_stripe_lost_is_resent_with_its_identifier_and_the_day_matches(
     other = stripe_reconcile(tenant=billed, day=day_of(0), fix=False, actor=JOB)
     assert other.status == StripeReconciliation.Status.MATCH
 
-    fixed = stripe_reconcile(tenant=billed, day=day_of(1), fix=True, actor=JOB)
+    # The nightly job sends pending reports, but a lost one is an operator's
+    # call: usage removed in Stripe on purpose looks the same.
+    nightly = stripe_reconcile(tenant=billed, day=day_of(1), fix=True, actor=JOB)
+    assert nightly.details == {"missing": [lost.identifier]}
+    assert not AuditLog.objects.filter(action="report.resend").exists()
+
+    fixed = stripe_reconcile(
+        tenant=billed, day=day_of(1), fix=True, resend_lost=True, actor=JOB
+    )
     assert fixed.status == StripeReconciliation.Status.MATCH
     assert fixed.details == {"resent": [lost.identifier]}
     assert world.stripe_total(billed) == world.sent_units(billed)
@@ -85,7 +93,9 @@ def test_units_stripe_holds_beyond_the_outbox_are_reported_not_deleted(
             "payload": {"stripe_customer_id": billed.stripe_customer_id, "value": "7"},
         }
     )
-    result = stripe_reconcile(tenant=billed, day=day_of(0), fix=True, actor=JOB)
+    result = stripe_reconcile(
+        tenant=billed, day=day_of(0), fix=True, resend_lost=True, actor=JOB
+    )
     assert result.status == StripeReconciliation.Status.DRIFT
     assert result.details == {"unexpected": 7}
     assert world.stripe_total(billed) == before + 7
@@ -101,3 +111,31 @@ def test_the_command_reports_each_tenant_day_and_fails_on_drift(world, billed):
     world.stripe.lose_meter_event(StripeReport.objects.get(day=day_of(0)).identifier)
     with pytest.raises(CommandError, match="1 tenant-day"):
         call_command("reconcile_stripe", *days, "--check-only", stdout=StringIO())
+    out = StringIO()
+    call_command("reconcile_stripe", *days, "--resend-lost", stdout=out)
+    assert "2 of 2 tenant-days match Stripe." in out.getvalue()
+
+
+def test_a_replaced_meter_keeps_its_events_and_nothing_is_resent(
+    world, billed, stripe_client
+):
+    # The meter is deactivated and a new one made for the same event name:
+    # the day's events are in the old meter's summaries, not lost.
+    [old] = world.stripe.meters()
+    stripe_client.v1.billing.meters.deactivate(old["id"])
+    world.stripe.create_meter(event_name=METER_EVENT)
+    result = stripe_reconcile(
+        tenant=billed, day=day_of(0), fix=True, resend_lost=True, actor=JOB
+    )
+    assert result.status == StripeReconciliation.Status.MATCH
+    assert not AuditLog.objects.filter(action="report.resend").exists()
+
+
+def test_no_meter_for_the_event_is_unknown_not_a_loss(world, billed):
+    StripeReport.objects.update(event_name="renamed_meanwhile")
+    result = stripe_reconcile(
+        tenant=billed, day=day_of(0), fix=True, resend_lost=True, actor=JOB
+    )
+    assert result.status == StripeReconciliation.Status.DRIFT
+    assert result.details == {"unknown_meter": "renamed_meanwhile"}
+    assert not AuditLog.objects.filter(action="report.resend").exists()
