@@ -10,7 +10,7 @@ client nothing about other tenants.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime
 from typing import Annotated, Literal
 
 from django.db.models import Prefetch, QuerySet
@@ -45,6 +45,7 @@ from billing.api_errors import (
 from billing.api_paging import DEFAULT_LIMIT, MAX_LIMIT, keyset_page
 from billing.api_schemas import DecimalString, IsoDate
 from billing.models import Membership, ScopeType
+from billing.utc_days import day_bounds, day_start
 
 router = Router(tags=["anomalies"])
 router.add_decorator(scoped_to_token_tenant)
@@ -55,10 +56,6 @@ MAX_ID = 2**63 - 1
 # Strings a filter compares: Postgres text holds no NUL.
 NO_NUL = r"^[^\x00]*$"
 Id = Path(..., ge=1, le=MAX_ID)
-
-
-def _day_start(day: date) -> datetime:
-    return datetime.combine(day, time.min, tzinfo=UTC)
 
 
 class PeriodFilters(Schema):
@@ -73,9 +70,9 @@ class PeriodFilters(Schema):
         if self.date_from and self.date_to and self.date_to < self.date_from:
             raise BadRequest("query.date_to", "date_to is before date_from.")
         if self.date_from:
-            queryset = queryset.filter(period_start__gte=_day_start(self.date_from))
+            queryset = queryset.filter(period_start__gte=day_start(self.date_from))
         if self.date_to and self.date_to < date.max:
-            end = _day_start(self.date_to + timedelta(days=1))
+            _, end = day_bounds(self.date_to)
             queryset = queryset.filter(period_start__lt=end)
         return queryset
 

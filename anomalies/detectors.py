@@ -15,7 +15,7 @@ median has a faster Postgres form), so the embedded demo runs the same rules.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from django.db import connection
@@ -25,6 +25,7 @@ from billing.models import CostSummary
 from billing.scope_usage import BILLABLE
 from billing.tenancy import tenant_context
 from billing.trace_costs import BUCKETS_PER_OCTAVE
+from billing.utc_days import day_bounds
 
 DAY = timedelta(days=1)
 
@@ -101,11 +102,6 @@ class Finding:
         return abs(self.observed - self.expected)
 
 
-def _bounds(day: date) -> tuple[datetime, datetime]:
-    start = datetime.combine(day, time.min, tzinfo=UTC)
-    return start, start + DAY
-
-
 def _rows(
     sql: str, params: dict, tenant_id: int | None, *, nested_loops: bool = True
 ) -> list[tuple]:
@@ -164,7 +160,7 @@ def detect_cohort(day: date, tenant_id: int | None = None) -> list[Finding]:
     low: a person's quiet day is no anomaly, an agent's or an epic's may be
     lost usage. Expected = the group's median.
     """
-    start, _ = _bounds(day)
+    start, _ = day_bounds(day)
     sql = f"""
         WITH day AS (
             SELECT s.id, s.tenant_id, s.scope_type, s.project_id, s.scope_id,
@@ -358,7 +354,7 @@ def detect_baseline(day: date, tenant_id: int | None = None) -> list[Finding]:
     median already (most days are weekdays), and a weekend-heavy scope's
     Saturday is compared with its Saturdays.
     """
-    start, _ = _bounds(day)
+    start, _ = day_bounds(day)
     # One cheap pass over every scope's window (its median of all days)
     # keeps the scopes that could be flagged, generously (ROUGH_MARGIN):
     # leaving a partial first day out moves a median by one rank at most.
@@ -445,7 +441,7 @@ def detect_missing_data(day: date, tenant_id: int | None = None) -> list[Finding
     no cost on this day. Usually lost usage (a broken integration), not
     savings. Observed 0, expected = the steady mean.
     """
-    start, _ = _bounds(day)
+    start, _ = day_bounds(day)
     sql = f"""
         SELECT s.tenant_id, s.scope_type, s.project_id, s.scope_id, AVG(s.cost)
         FROM billing_costsummary s {ACTIVE}
@@ -499,7 +495,7 @@ def detect_expensive_traces(day: date, tenant_id: int | None = None) -> list[Fin
     be that far above it are candidates; their costliest trace is then read
     from the ledger, and is the finding's observed value.
     """
-    start, end = _bounds(day)
+    start, end = day_bounds(day)
     # One pass over the week's histograms (a day's for every agent is a few
     # hundred thousand rows); the agents are matched by hashing, never by a
     # lookup per agent (one agent's week is a handful of rows).
@@ -655,7 +651,7 @@ def without_single_trace_days(findings: list[Finding], day: date) -> list[Findin
     One costly trace is the expensive-trace rule's to judge, against the
     agent's own tail; a sparse agent's day swings 3x on one tail trace.
     """
-    start, end = _bounds(day)
+    start, end = day_bounds(day)
     high = [
         f
         for f in findings
@@ -710,7 +706,7 @@ def tenant_floors(day: date, tenant_ids: set[int]) -> dict[int, Decimal]:
     ``anomaly_min_amount`` and ``anomaly_min_share`` of its cost that day
     (the sum of its projects').
     """
-    start, _ = _bounds(day)
+    start, _ = day_bounds(day)
     sql = """
         SELECT t.id, t.anomaly_min_amount, t.anomaly_min_share,
                (SELECT SUM(s.cost) FROM billing_costsummary s

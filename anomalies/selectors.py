@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime
 from decimal import Decimal
 
 from django.db import connection
@@ -22,6 +22,7 @@ from django.db.models.functions import RowNumber
 
 from anomalies.detectors import Finding
 from billing.models import CostSummary, UsageRecord
+from billing.utc_days import day_bounds
 
 TOP_MODELS = 3
 TOP_TRACES = 5
@@ -62,11 +63,6 @@ def _top_models(model_breakdown: dict) -> list[list[str]]:
     return [[model, str(cost)] for model, cost in models]
 
 
-def _day_bounds(day: date) -> tuple[datetime, datetime]:
-    start = datetime.combine(day, time.min, tzinfo=UTC)
-    return start, start + timedelta(days=1)
-
-
 def top_contributors(finding: Finding, day: date) -> dict:
     """
     The models and traces that made the day's cost; for missing data, the
@@ -84,7 +80,7 @@ def top_contributors(finding: Finding, day: date) -> dict:
         if finding.summary_id
         else summaries.order_by("-period_start").first()
     )
-    start, end = _day_bounds(day)
+    start, end = day_bounds(day)
     traces = (
         UsageRecord.objects.for_tenant(finding.tenant_id)
         .filter(trace_timestamp__gte=start, trace_timestamp__lt=end)
@@ -247,7 +243,7 @@ def _top_traces_query(
 
 
 def _top_traces_for(scopes: set[ScopeKey], day: date) -> dict[ScopeKey, list]:
-    start, end = _day_bounds(day)
+    start, end = day_bounds(day)
     ordered = sorted(scopes)
     # Postgres takes them all at once (each query scans the day); SQLite
     # (the demo) takes 999 parameters a query, seven a scope at most.

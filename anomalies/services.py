@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -33,6 +33,7 @@ from anomalies.selectors import top_contributors_for
 from billing.audit import Actor, audit_log_write
 from billing.models import Membership
 from billing.selectors import membership_role
+from billing.utc_days import day_start
 
 # A resolved anomaly reopens only when its severity (how far from expected,
 # either way) is at least this much worse than when it was resolved.
@@ -259,7 +260,7 @@ def anomalies_record(
     reopened with an audited note saying so. Last, the day's anomalies of
     the findings' tenants are grouped into incidents.
     """
-    start = datetime.combine(day, time.min, tzinfo=UTC)
+    start = day_start(day)
     now = timezone.now()
     result = RecordResult()
     tenant_ids = {f.tenant_id for f in findings}

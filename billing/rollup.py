@@ -19,12 +19,13 @@ Suspended tenants are not rolled up.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, timedelta
 
 from django.db import connection
 from django.utils import timezone
 
 from billing.tenancy import tenant_context
+from billing.utc_days import day_start
 
 DAY = timedelta(days=1)
 SUMMARY_COLUMNS = ("period_end", "trace_count", "input_tokens", "output_tokens")
@@ -97,7 +98,7 @@ def rollup_day(*, day: date, tenant_id: int | None = None) -> int:
     Write the summaries of one UTC day; return how many were written (new or
     changed).
     """
-    start = datetime.combine(day, time.min, tzinfo=UTC)
+    start = day_start(day)
     adapt = connection.ops.adapt_datetimefield_value
     params = {
         "day": connection.ops.adapt_datefield_value(day),
@@ -125,8 +126,3 @@ def rollup_day(*, day: date, tenant_id: int | None = None) -> int:
             # nested loops (minutes instead of seconds).
             cursor.execute("ANALYZE billing_costsummary")
     return written
-
-
-def days_between(since: date, until: date) -> list[date]:
-    """Every UTC day from ``since`` up to and including ``until``."""
-    return [since + timedelta(days=n) for n in range((until - since).days + 1)]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 
 from django.db import transaction
@@ -55,6 +55,7 @@ from billing.stripe_sink import (
     to_meter_amount,
 )
 from billing.tenancy import tenant_context
+from billing.utc_days import day_bounds, days_between
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +87,8 @@ class _Day:
         )
 
 
-def _bounds(day: date) -> tuple[datetime, datetime]:
-    start = datetime.combine(day, time.min, tzinfo=UTC)
-    return start, start + timedelta(days=1)
-
-
 def _ledger(tenant: Tenant, day: date, result: _Day) -> None:
-    start, end = _bounds(day)
+    start, end = day_bounds(day)
     for model in (UsageRecord, UsageAdjustment):
         rows = model.objects.for_tenant(tenant).filter(
             trace_timestamp__gte=start, trace_timestamp__lt=end, status__in=BILLABLE
@@ -174,7 +170,7 @@ def _check(tenant: Tenant, day: date, stripe: _Stripe) -> tuple[_Day, list[int]]
         result.details["outbox_mismatch"] = str(outbox)
     sent = [r for r in by_status["sent"] if r.value > 0]
     result.sent_value = sum(r.value for r in sent)
-    start, end = (int(moment.timestamp()) for moment in _bounds(day))
+    start, end = (int(moment.timestamp()) for moment in day_bounds(day))
     targets = {(r.event_name, r.stripe_customer_id) for r in sent} or {
         (tenant.stripe_meter_event_name, tenant.stripe_customer_id)
     }
@@ -330,7 +326,7 @@ def stripe_reconcile_tenants(
     )
     if tenant_ids is not None:
         tenants = Tenant.objects.filter(pk__in=tenant_ids)
-    days = [since + timedelta(days=n) for n in range((until - since).days + 1)]
+    days = days_between(since, until)
     stripe = _Stripe()
     return [
         stripe_reconcile(

@@ -37,7 +37,7 @@ import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 
 import stripe
@@ -67,6 +67,7 @@ from billing.provider_calls import (
 )
 from billing.services import InvalidTransition
 from billing.tenancy import tenant_context
+from billing.utc_days import day_bounds
 
 logger = logging.getLogger(__name__)
 
@@ -122,13 +123,8 @@ def _pending_days(queryset, settled_rule: Q | None) -> set[date]:
     )
 
 
-def _day_bounds(day: date) -> tuple[datetime, datetime]:
-    start = datetime.combine(day, time.min, tzinfo=UTC)
-    return start, start + timedelta(days=1)
-
-
 def _batch_ids(queryset, day: date, settled_rule: Q | None) -> list[int]:
-    start, end = _day_bounds(day)
+    start, end = day_bounds(day)
     queryset = _pending(queryset, settled_rule).filter(
         trace_timestamp__gte=start, trace_timestamp__lt=end
     )

@@ -8,7 +8,7 @@ from django.core.management.base import CommandError
 
 from anomalies.pipeline import previous_utc_day
 from billing.models import Tenant
-from billing.rollup import days_between
+from billing.utc_days import days_between
 
 
 def add_day_arguments(parser) -> None:

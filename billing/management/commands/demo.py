@@ -59,7 +59,6 @@ from billing.models import (
     UsageRecord,
 )
 from billing.models.tenants import DEFAULT_METER_EVENT_NAME
-from billing.rollup import days_between
 from billing.services import (
     api_token_create,
     membership_set,
@@ -70,6 +69,7 @@ from billing.stripe_reconcile import stripe_reconcile_tenants
 from billing.stripe_sink import stripe_client
 from billing.sync import eligible_tenant_ids, sync_tenants
 from billing.tenancy import tenant_context
+from billing.utc_days import days_between
 
 MICRO_USD = Decimal("0.000001")
 DEMO_MIN_AMOUNT = Decimal("0.01")
