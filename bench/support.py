@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,9 +87,10 @@ def model_prices(models: tuple[str, ...]) -> dict[str, list]:
     """Per-token prices of ``models`` from the app's price data, as SQL
     arrays (the ``names``, ``p_input``, ``p_output``, ``p_cached`` params
     of ``model_cost``)."""
-    from billing.pricing import CACHE_READ_KEYS, price_for_model
+    from billing.pricing import CACHE_READ_KEYS, SHIPPED_PRICES, PriceTable
 
-    prices = [price_for_model(model) for model in models]
+    shipped = PriceTable(SHIPPED_PRICES)
+    prices = [shipped.price_for(model, datetime.now(UTC)) for model in models]
     cache_keys = [next(k for k in CACHE_READ_KEYS if p.covers(k)) for p in prices]
     return {
         "names": list(models),

@@ -1299,7 +1299,9 @@ def baseline_worker(config: dict[str, Any]) -> dict[str, Any]:
         parse_observation,
     )
     from billing.ledger import price_entry
+    from billing.price_table import price_table_load
 
+    prices = price_table_load()
     langfuse = LangfuseAPI(
         base_url=config["langfuse_url"],
         username=config["public_key"],
@@ -1363,7 +1365,7 @@ def baseline_worker(config: dict[str, Any]) -> dict[str, Any]:
         except MalformedObservation:
             counts["skipped"] += 1
             continue
-        priced = [price_entry(o) for o in observations if o.has_usage]
+        priced = [price_entry(o, prices) for o in observations if o.has_usage]
         if any(reason for _, reason in priced):
             counts["skipped"] += 1  # unpriced: held, never billed as 0
             continue

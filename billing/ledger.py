@@ -23,29 +23,61 @@ from django.utils import timezone
 from billing.langfuse_source import Observation, Page
 from billing.models import Tenant, UsageAdjustment, UsageRecord
 from billing.models.ledger import BillingStatus
-from billing.pricing import Priced, PriceSource, price_usage, token_totals
+from billing.pricing import (
+    Priced,
+    PriceSource,
+    PriceTable,
+    price_usage,
+    token_totals,
+)
 from billing.tenancy import tenant_context
 from billing.usage_cache import usage_cache_invalidate
 
 # An accounted observation: [model, input, output, cached, "cost", price
-# source, {usage key: count}]. Source "none" with usage: held as unpriced.
+# source, {usage key: count}, price row id or None, "priced at"]. Source
+# "none" with usage: held as unpriced. Entries written before the usage was
+# kept stop after the source, before the price table was stored after the
+# usage.
 Entry = list
+USAGE, RULE, PRICED_AT = 6, 7, 8
 
 
-def price_entry(obs: Observation) -> tuple[Entry, str]:
-    """Price one observation; the reason is set when it cannot be priced."""
+def pricemake_entry(obs: Observation, prices: PriceTable) -> tuple[Entry, str]:
+    """
+    Price one observation with the prices in force at its start; the reason
+    is set when it cannot be priced.
+    """
     priced = price_usage(
+        prices=prices,
+        at=obs.start_time,
         model=obs.model,
         usage=obs.usage,
         langfuse_cost=obs.langfuse_cost,
         langfuse_cost_details=obs.langfuse_cost_details,
     )
-    return _entry(obs.model, obs.usage, priced), priced.reason
+    return make_entry(obs.model, obs.usage, priced, obs.start_time), priced.reason
 
 
-def _entry(model: str, usage: dict[str, int], priced: Priced) -> Entry:
+def make_entry(
+    model: str, usage: dict[str, int], priced: Priced, at: datetime
+) -> Entry:
     cost = priced.cost if priced.cost is not None else Decimal(0)
-    return [model, *token_totals(usage), str(cost.normalize()), priced.source, usage]
+    return [
+        model,
+        *token_totals(usage),
+        str(cost.normalize()),
+        priced.source,
+        usage,
+        priced.rule.id if priced.rule else None,
+        at.astimezone(UTC).isoformat(),
+    ]
+
+
+def entry_priced_at(entry: Entry, default: datetime) -> datetime:
+    """When the entry's observation started: its prices are the ones then."""
+    if len(entry) > PRICED_AT:
+        return datetime.fromisoformat(entry[PRICED_AT])
+    return default
 
 
 def _is_unpriced(entry: Entry) -> bool:
@@ -62,8 +94,8 @@ def usage_changed(accounted: Entry | None, entry: Entry) -> bool:
     """
     if accounted is None or accounted[0] != entry[0]:
         return True
-    if len(accounted) > 6:
-        if accounted[6] != entry[6]:
+    if len(accounted) > USAGE:
+        if accounted[USAGE] != entry[USAGE]:
             return True
     elif accounted[1:4] != entry[1:4]:
         return True
@@ -90,7 +122,7 @@ class TraceUsage:
     problem: str = ""
     unpriced: str = ""
 
-    def add(self, obs: Observation) -> None:
+    def add(self, obs: Observation, prices: PriceTable) -> None:
         self.first_start = min(self.first_start, obs.start_time)
         self.last_activity = max(self.last_activity, obs.last_activity)
         for scope in ("user_id", "project_id", "agent_id", "epic_id"):
@@ -102,12 +134,12 @@ class TraceUsage:
             self.ended.add(obs.id)
         if not obs.has_usage:
             return
-        self.entries[obs.id], reason = price_entry(obs)
+        self.entries[obs.id], reason = pricemake_entry(obs, prices)
         if reason:
             self.unpriced = self.unpriced or f"observation {obs.id}: {reason}"
 
 
-def group_by_trace(page: Page) -> dict[str, TraceUsage]:
+def group_by_trace(page: Page, prices: PriceTable) -> dict[str, TraceUsage]:
     traces: dict[str, TraceUsage] = {}
 
     def trace_of(trace_id: str, start: datetime, activity: datetime) -> TraceUsage:
@@ -117,7 +149,7 @@ def group_by_trace(page: Page) -> dict[str, TraceUsage]:
         return trace
 
     for obs in page.observations:
-        trace_of(obs.trace_id, obs.start_time, obs.last_activity).add(obs)
+        trace_of(obs.trace_id, obs.start_time, obs.last_activity).add(obs, prices)
     # A trace whose observations are all malformed is still a trace we saw:
     # it goes into the ledger as skipped, with the reason.
     for bad in page.malformed:
@@ -172,7 +204,7 @@ def content_hash(entries: dict[str, Entry]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _price_source(entries: dict[str, Entry]) -> str:
+def entries_price_source(entries: dict[str, Entry]) -> str:
     sources = {entry[5] for entry in entries.values()}
     if not sources or PriceSource.NONE in sources:
         return PriceSource.NONE
@@ -239,7 +271,7 @@ def _new_record(tenant: Tenant, trace: TraceUsage, result: MergeResult) -> Usage
         epic_id=trace.epic_id,
         observations=trace.entries,
         content_hash=content_hash(trace.entries),
-        price_source=_price_source(trace.entries),
+        price_source=entries_price_source(trace.entries),
     )
     _set_running(record, trace.running, trace.ended)
     Totals.of(trace.entries.values()).apply_to(record)
@@ -272,7 +304,7 @@ def _merge_unbilled(
             setattr(record, scope, getattr(trace, scope))
     Totals.of(record.observations.values()).apply_to(record)
     record.content_hash = content_hash(record.observations)
-    record.price_source = _price_source(record.observations)
+    record.price_source = entries_price_source(record.observations)
     _set_status(record, trace, result)
     result.updated += 1
     return True
@@ -289,7 +321,7 @@ def _adjustment(
     }
     if not changed and not trace.problem:
         return None
-    totals = _delta(changed, accounted)
+    totals = entries_delta(changed, accounted)
     adjustment = UsageAdjustment(
         tenant_id=record.tenant_id,
         usage_record=record,
@@ -304,7 +336,7 @@ def _adjustment(
     return adjustment
 
 
-def _delta(changed: dict[str, Entry], accounted: dict[str, Entry]) -> Totals:
+def entries_delta(changed: dict[str, Entry], accounted: dict[str, Entry]) -> Totals:
     """What ``changed`` adds to what was accounted for the same observations."""
     totals = Totals.of(changed.values())
     totals.add([accounted[k] for k in changed if k in accounted], sign=-1)
@@ -413,9 +445,10 @@ def _usage_changed_on_commit(tenant_id: int, timestamps: list[datetime]) -> None
         )
 
 
-def ledger_reprice_unpriced(*, tenant: Tenant) -> int:
+def ledger_reprice_unpriced(*, tenant: Tenant, prices: PriceTable) -> int:
     """
-    Price held (unpriced) usage with the prices we have now. Rows priced in
+    Price held (unpriced) usage with ``prices``, those in force at each
+    observation's start. Rows priced in
     full become pending, so the next batch bills them on a report of their
     own; the rest stay held. Each chunk of rows is its own transaction.
     Returns how many rows were released.
@@ -437,16 +470,18 @@ def ledger_reprice_unpriced(*, tenant: Tenant) -> int:
                         id__in=held[at : at + REPRICE_CHUNK],
                         status=BillingStatus.UNPRICED,
                     ).select_for_update()
-                    if _release_if_priced(row)
+                    if _release_if_priced(row, prices)
                 ]
                 _usage_changed_on_commit(tenant.pk, priced)
                 released += len(priced)
     return released
 
 
-def _release_if_priced(row: UsageRecord | UsageAdjustment) -> bool:
+def _release_if_priced(row: UsageRecord | UsageAdjustment, prices: PriceTable) -> bool:
     entries = {
-        obs_id: _reprice(entry) if _is_unpriced(entry) else entry
+        obs_id: _reprice(entry, prices, row.trace_timestamp)
+        if _is_unpriced(entry)
+        else entry
         for obs_id, entry in row.observations.items()
     }
     if any(_is_unpriced(entry) for entry in entries.values()):
@@ -454,10 +489,10 @@ def _release_if_priced(row: UsageRecord | UsageAdjustment) -> bool:
     if isinstance(row, UsageAdjustment):
         # An adjustment is a difference: what the change adds to what was
         # accounted for the same observations before it.
-        totals = _delta(entries, _accounted_before(row))
+        totals = entries_delta(entries, _accounted_before(row))
     else:
         totals = Totals.of(entries.values())
-        row.price_source = _price_source(entries)
+        row.price_source = entries_price_source(entries)
         row.content_hash = content_hash(entries)
     row.observations = entries
     totals.apply_to(row)
@@ -479,8 +514,11 @@ def _accounted_before(adjustment: UsageAdjustment) -> dict[str, Entry]:
     return accounted
 
 
-def _reprice(entry: Entry) -> Entry:
-    model, usage = entry[0], entry[6] if len(entry) > 6 else {}
-    return _entry(
-        model, usage, price_usage(model=model, usage=usage, langfuse_cost=None)
+def _reprice(entry: Entry, prices: PriceTable, default_at: datetime) -> Entry:
+    """A held entry priced with ``prices``; Langfuse had no cost for it."""
+    model, usage = entry[0], entry[USAGE] if len(entry) > USAGE else {}
+    at = entry_priced_at(entry, default_at)
+    priced = price_usage(
+        prices=prices, at=at, model=model, usage=usage, langfuse_cost=None
     )
+    return make_entry(model, usage, priced, at)

@@ -42,17 +42,24 @@ Rules of ``price_usage``, applied to one observation:
   then that cost.
 - Negative counts are rejected when the observation is read, not here.
 
-Money stays ``Decimal`` end to end; the first entry whose pattern matches
-wins (Langfuse's patterns are anchored, so they do not overlap).
+Money stays ``Decimal`` end to end.
+
+The prices in force live in the database (``billing.models.ModelPrice``,
+edited in the admin, seeded from ``model_prices.json``); each row is valid
+for a period, so an observation is priced with the prices in force at its
+start, as Langfuse does, and repricing a period later finds the same ones.
+A ``PriceTable`` holds them for pricing: the first rule, in table order,
+whose pattern matches the model and that is in force at the time wins
+(Langfuse's patterns are anchored, so they do not overlap).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import MappingProxyType
@@ -81,22 +88,26 @@ class PriceSource:
     ]
 
 
-@dataclass(frozen=True)
-class Priced:
-    """What one observation costs. ``cost`` None: unpriced, never bill as 0."""
-
-    cost: Decimal | None
-    source: str  # a PriceSource value
-    reason: str = ""  # why unpriced, for operators
-
-
 @dataclass(frozen=True, eq=False)
-class ModelPrice:
-    """One entry of the price data: a model pattern and USD per usage unit."""
+class PriceRule:
+    """
+    One entry of the price data: a model pattern and USD per usage unit,
+    in force from ``valid_from`` (None: always) until ``valid_to``
+    (exclusive; None: until further notice). ``id`` is its row in the price
+    table, None for rules that are not stored (the shipped file, tests).
+    """
 
     model_name: str
     pattern: re.Pattern[str]
     prices: Mapping[str, Decimal]
+    id: int | None = None
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+
+    def in_force(self, at: datetime) -> bool:
+        return (self.valid_from is None or self.valid_from <= at) and (
+            self.valid_to is None or at < self.valid_to
+        )
 
     @property
     def by_total(self) -> bool:
@@ -131,12 +142,53 @@ class ModelPrice:
         return sum(self.cost_by_key(usage).values(), Decimal(0))
 
 
-def load_prices(path: Path = PRICES_FILE) -> tuple[ModelPrice, ...]:
+@dataclass(frozen=True)
+class Priced:
+    """What one observation costs. ``cost`` None: unpriced, never bill as 0."""
+
+    cost: Decimal | None
+    source: str  # a PriceSource value
+    reason: str = ""  # why unpriced, for operators
+    # Our rule that priced it (all or part), for traceability.
+    rule: PriceRule | None = field(default=None, compare=False)
+
+
+class PriceTable:
+    """
+    Price rules in table order. ``price_for`` is called once per observation:
+    which rules match a model is worked out once per model name (the patterns
+    are regexes) and kept, for a bounded number of names (they are provider
+    data: any string).
+    """
+
+    MATCHES_KEPT = 4096
+
+    def __init__(self, rules: Iterable[PriceRule]) -> None:
+        self.rules = tuple(rules)
+        self._matching: dict[str, tuple[PriceRule, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def price_for(self, model: str | None, at: datetime) -> PriceRule | None:
+        """The first rule whose pattern matches ``model`` and in force at ``at``."""
+        if not model:
+            return None
+        matching = self._matching.get(model)
+        if matching is None:
+            if len(self._matching) >= self.MATCHES_KEPT:
+                self._matching.clear()
+            matching = tuple(rule for rule in self.rules if rule.matches(model))
+            self._matching[model] = matching
+        return next((rule for rule in matching if rule.in_force(at)), None)
+
+
+def load_prices(path: Path = PRICES_FILE) -> tuple[PriceRule, ...]:
     """Read and check price data; raise ValueError on a bad entry."""
     entries = json.loads(path.read_text(), parse_float=Decimal)
     if not isinstance(entries, list):
         raise ValueError(f"{path.name}: expected a list of model entries.")
-    prices = tuple(_model_price(entry, path.name) for entry in entries)
+    prices = tuple(price_rule_from_entry(entry, path.name) for entry in entries)
     names = [price.model_name for price in prices]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -144,22 +196,28 @@ def load_prices(path: Path = PRICES_FILE) -> tuple[ModelPrice, ...]:
     return prices
 
 
-def model_price(
+def price_rule(
     model_name: str,
     prices: Mapping[str, str | int | Decimal],
     *,
     match_pattern: str | None = None,
-) -> ModelPrice:
+    **validity,
+) -> PriceRule:
     """
     An entry as the price data would hold it: ``prices`` in USD per unit;
-    the pattern defaults to the name itself, case-insensitive.
+    the pattern defaults to the name itself, case-insensitive. ``validity``:
+    ``id``, ``valid_from``, ``valid_to``.
     """
     pattern = match_pattern or f"(?i)^{re.escape(model_name)}$"
     entry = {"modelName": model_name, "matchPattern": pattern, "prices": prices}
-    return _model_price(entry, "model_price")
+    return price_rule_from_entry(entry, "price_rule", **validity)
 
 
-def _model_price(entry: Mapping, source: str) -> ModelPrice:
+def price_rule_from_entry(entry: Mapping, source: str, **validity) -> PriceRule:
+    """
+    A rule from an entry in the shape of Langfuse's model prices; raise
+    ValueError, saying what is wrong, on a bad one.
+    """
     name = entry.get("modelName") if isinstance(entry, Mapping) else None
     where = f"{source}: model {name!r}"
     if not isinstance(name, str) or not name:
@@ -183,31 +241,26 @@ def _model_price(entry: Mapping, source: str) -> ModelPrice:
     if TOTAL in prices and len(prices) > 1:
         # Langfuse would price both and bill the total alone: ambiguous data.
         raise ValueError(f"{where}: a total price goes alone.")
-    return ModelPrice(name, pattern, MappingProxyType(prices))
+    return PriceRule(name, pattern, MappingProxyType(prices), **validity)
 
 
-PRICE_TABLE: tuple[ModelPrice, ...] = load_prices()
-
-
-def price_for_model(model: str | None) -> ModelPrice | None:
-    """The first entry of ``PRICE_TABLE`` whose pattern matches ``model``."""
-    return _first_match(PRICE_TABLE, model) if model else None
-
-
-# Keyed by the table too, so that a table swapped at run time takes effect.
-@functools.lru_cache(maxsize=4096)
-def _first_match(table: tuple[ModelPrice, ...], model: str) -> ModelPrice | None:
-    return next((price for price in table if price.matches(model)), None)
+# What the price table is seeded with (and what tests price with).
+SHIPPED_PRICES: tuple[PriceRule, ...] = load_prices()
 
 
 def price_usage(
     *,
+    prices: PriceTable,
+    at: datetime,
     model: str | None,
     usage: Mapping[str, int],
     langfuse_cost: Decimal | None,
     langfuse_cost_details: Mapping[str, Decimal] | None = None,
 ) -> Priced:
-    """Price one observation's usage by the rules of the module docstring."""
+    """
+    Price one observation's usage, started at ``at``, by the rules of the
+    module docstring.
+    """
     counts = {key: n for key, n in usage.items() if n > 0}
     if set(counts) != {TOTAL}:
         counts.pop(TOTAL, None)  # a sum of the others
@@ -216,7 +269,7 @@ def price_usage(
         if langfuse_total is not None:
             return Priced(langfuse_total, PriceSource.LANGFUSE)
         return Priced(Decimal(0), PriceSource.NONE)
-    price = price_for_model(model)
+    price = prices.price_for(model, at)
     if price is None:
         if langfuse_total is not None:
             return Priced(langfuse_total, PriceSource.LANGFUSE)
@@ -228,12 +281,14 @@ def price_usage(
     ours = price.cost(counts)
     missing = [key for key in counts if not price.covers(key)]
     if not missing:
-        return Priced(ours, PriceSource.PRICE_TABLE)
+        return Priced(ours, PriceSource.PRICE_TABLE, rule=price)
     details = langfuse_cost_details or {}
     if set(details) - {TOTAL}:
         theirs = [details.get(key) for key in missing]
         if all(cost is not None and cost > 0 for cost in theirs):
-            return Priced(ours + sum(theirs, Decimal(0)), PriceSource.LANGFUSE)
+            return Priced(
+                ours + sum(theirs, Decimal(0)), PriceSource.LANGFUSE, rule=price
+            )
     elif langfuse_total is not None:
         return Priced(langfuse_total, PriceSource.LANGFUSE)
     keys = ", ".join(repr(key) for key in missing)

@@ -164,3 +164,26 @@ class CreateOwnMembershipsPolicy(PostgresTableOperation):
 
     def describe(self) -> str:
         return f"Let a user read their own {self.model_name} rows"
+
+
+PLATFORM_ROWS_POLICY = "platform_rows"
+
+
+class AllowPlatformRows(PostgresTableOperation):
+    """
+    A second policy on a tenant-owned table: rows of no tenant (platform
+    data, such as the audit of the global price table) are visible to and
+    writable by every role. Policies are permissive: a row passes either.
+    """
+
+    def forwards_sql(self, table: str, quote) -> list[str]:
+        return [
+            f"CREATE POLICY {PLATFORM_ROWS_POLICY} ON {quote(table)} "
+            "USING (tenant_id IS NULL) WITH CHECK (tenant_id IS NULL)"
+        ]
+
+    def backwards_sql(self, table: str, quote) -> list[str]:
+        return [f"DROP POLICY IF EXISTS {PLATFORM_ROWS_POLICY} ON {quote(table)}"]
+
+    def describe(self) -> str:
+        return f"Let every role see and write rows of no tenant in {self.model_name}"

@@ -28,6 +28,7 @@ three runs in a row, or Stripe reports waiting for a fix, show on the tenant.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -50,6 +51,8 @@ from billing.ledger import (
 from billing.limiter import AdaptiveRateLimiter
 from billing.locks import tenant_sync_lock
 from billing.models import StripeReport, SyncCursor, SyncRun, Tenant, UsageRecord
+from billing.price_table import price_table_load
+from billing.pricing import PriceTable
 from billing.progress import LogProgress, Progress
 from billing.provider_calls import (
     CircuitBreaker,
@@ -230,6 +233,11 @@ class _Run:
         self.stripe = ProviderCaller("stripe", AdaptiveRateLimiter(), CircuitBreaker())
         self.source = LangfuseSource(tenant=tenant, caller=self.langfuse)
 
+    @functools.cached_property
+    def prices(self) -> PriceTable:
+        # Read once a run: a price edited in the admin applies from the next.
+        return price_table_load()
+
     def count_calls(self) -> None:
         run = self.run
         run.langfuse_calls = self.langfuse.limiter.calls
@@ -304,7 +312,7 @@ class _Run:
 
     def merge(self, page: Page) -> dict[str, TraceUsage]:
         """Merge one page in one transaction; one bad trace cannot block it."""
-        traces = group_by_trace(page)
+        traces = group_by_trace(page, self.prices)
         try:
             with tenant_context([self.tenant.pk]):
                 result = ledger_merge(tenant=self.tenant, traces=traces)
@@ -387,7 +395,7 @@ class _Run:
         """
         run = self.run
         if run.kind == SyncRun.Kind.RECONCILE and (
-            released := ledger_reprice_unpriced(tenant=self.tenant)
+            released := ledger_reprice_unpriced(tenant=self.tenant, prices=self.prices)
         ):
             logger.info(
                 "tenant %s: %d held row(s) now priced, billed next",

@@ -41,3 +41,39 @@ class PostgresTableOperation(migrations.operations.base.Operation):
 
     def deconstruct(self):
         return (self.__class__.__name__, [self.model_name], {})
+
+
+class ExcludeOverlappingPeriods(PostgresTableOperation):
+    """
+    Rows with the same ``key`` never overlap in time: an exclusion constraint
+    over ``[valid_from, valid_to)``, where NULL is unbounded. Needs the
+    ``btree_gist`` extension (trusted since Postgres 13: the database owner
+    may create it). SQLite relies on the service's check.
+    """
+
+    def __init__(self, model_name: str, key: str = "model_name") -> None:
+        super().__init__(model_name)
+        self.key = key
+
+    def name(self, table: str) -> str:
+        return f"{table}_no_overlap"
+
+    def forwards_sql(self, table: str, quote) -> list[str]:
+        return [
+            "CREATE EXTENSION IF NOT EXISTS btree_gist",
+            f"ALTER TABLE {quote(table)} ADD CONSTRAINT {quote(self.name(table))} "
+            f"EXCLUDE USING gist ({quote(self.key)} WITH =, "
+            "tstzrange(valid_from, valid_to) WITH &&)",
+        ]
+
+    def backwards_sql(self, table: str, quote) -> list[str]:
+        return [
+            f"ALTER TABLE {quote(table)} DROP CONSTRAINT IF EXISTS "
+            f"{quote(self.name(table))}"
+        ]
+
+    def deconstruct(self):
+        return (self.__class__.__name__, [self.model_name], {"key": self.key})
+
+    def describe(self) -> str:
+        return f"Keep the periods of one {self.key} of {self.model_name} apart"

@@ -4,6 +4,8 @@ from django.db import connection
 
 from billing.app_role import app_role_ensure
 from billing.cache_health import cache_reset
+from billing.models import ModelPrice, UnitPrice
+from billing.price_table import shipped_prices_insert
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
 
 pytest_plugins = [
@@ -26,6 +28,23 @@ def cache_trusted_again():
     # A test that breaks the cache pauses it for this process: not the next.
     yield
     cache_reset()
+
+
+@pytest.fixture(autouse=True)
+def shipped_prices(request):
+    """
+    The price table as migrations seed it. A transactional test's flush
+    empties every table, migrated data included: seed again after one.
+    """
+    database = {"transactional_db", "db", "live_server"} & set(request.fixturenames)
+    if not database and not request.node.get_closest_marker("django_db"):
+        return
+    for fixture in ("transactional_db", "live_server", "db"):
+        if fixture in database:
+            request.getfixturevalue(fixture)
+            break
+    if not ModelPrice.objects.exists():
+        shipped_prices_insert(ModelPrice, UnitPrice)
 
 
 @pytest.fixture

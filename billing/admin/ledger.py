@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
@@ -13,12 +14,13 @@ from billing.admin.base import (
     TenantScopedAdminMixin,
 )
 from billing.models import (
+    ModelPrice,
     SyncCursor,
     UsageAdjustment,
     UsageRecord,
 )
 from billing.models.ledger import BillingStatus
-from billing.pricing import PriceSource, price_for_model
+from billing.pricing import PriceSource
 
 # A reason in a list row; the whole one is on the record's page.
 REASON_CHARS = 80
@@ -65,19 +67,28 @@ class UsageRecordAdmin(
     def priced_by(self, obj: UsageRecord) -> str:
         """Each observation's model, cost and the price rule that gave it."""
         sources = dict(PriceSource.choices)
+        # An entry: [model, input, output, cached, "cost", price source,
+        # usage, price row id, priced at]; entries written before the price
+        # table was in the database stop at the source or the usage.
+        entries = sorted(obj.observations.items())
+        rule_ids = {entry[7] for _, entry in entries if len(entry) > 7 and entry[7]}
+        rules = ModelPrice.objects.in_bulk(rule_ids)
         rows = []
-        # An entry: [model, input, output, cached, "cost", price source, ...].
-        for observation, entry in sorted(obj.observations.items()):
+        for observation, entry in entries:
             model, cost, source = entry[0], entry[4], entry[5]
-            price = (
-                price_for_model(model) if source == PriceSource.PRICE_TABLE else None
-            )
-            rule = (
-                f"{price.model_name} (pattern {price.pattern.pattern})"
-                if price
-                else sources.get(source, source)
-            )
-            rows.append((observation, model, cost, rule))
+            rule = rules.get(entry[7]) if len(entry) > 7 else None
+            if rule is None:
+                shown = sources.get(source, source)
+            else:
+                url = reverse("admin:billing_modelprice_change", args=[rule.pk])
+                shown = format_html(
+                    '<a href="{}">{} (pattern {})</a>{}',
+                    url,
+                    rule.model_name,
+                    rule.match_pattern,
+                    " and Langfuse cost" if source == PriceSource.LANGFUSE else "",
+                )
+            rows.append((observation, model, cost, shown))
         return format_html(
             "<table><thead><tr><th>Observation</th><th>Model</th><th>Cost</th>"
             "<th>Price rule</th></tr></thead><tbody>{}</tbody></table>",

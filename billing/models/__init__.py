@@ -13,6 +13,7 @@ from billing.models.ledger import (
     UsageAdjustment,
     UsageRecord,
 )
+from billing.models.prices import ModelPrice, UnitPrice
 from billing.models.reconciliation import StripeReconciliation
 from billing.models.tenants import AuditLog, Membership, Tenant
 
@@ -24,12 +25,14 @@ __all__ = [
     "DailyScopeUsage",
     "DailyTraceCost",
     "Membership",
+    "ModelPrice",
     "ScopeType",
     "StripeReconciliation",
     "StripeReport",
     "SyncCursor",
     "SyncRun",
     "Tenant",
+    "UnitPrice",
     "UsageAdjustment",
     "UsageRecord",
 ]

@@ -23,6 +23,7 @@ from django.urls import reverse
 from billing.models import (
     AuditLog,
     CostSummary,
+    ModelPrice,
     StripeReport,
     SyncCursor,
     SyncRun,
@@ -188,6 +189,8 @@ def _autocomplete_fields() -> list[tuple[str, str]]:
         for field in model._meta.get_fields():
             if not isinstance(field, models.ForeignKey):
                 continue
+            if field.remote_field.model is ModelPrice:
+                continue  # platform data: the same prices for every tenant
             remote = admin.site._registry.get(field.remote_field.model)
             if remote is not None and remote.search_fields:
                 found.append((model._meta.model_name, field.name))

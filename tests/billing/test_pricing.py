@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -10,15 +11,27 @@ import pytest
 from billing.emulators.langfuse import langfuse_cost
 from billing.emulators.scenario import CHAT_MODELS, EMBEDDING_MODEL
 from billing.pricing import (
-    PRICE_TABLE,
+    SHIPPED_PRICES,
     Priced,
     PriceSource,
+    PriceTable,
     load_prices,
-    model_price,
-    price_for_model,
+    price_rule,
     price_usage,
     token_totals,
 )
+
+SHIPPED = PriceTable(SHIPPED_PRICES)
+NOW = datetime(2026, 11, 30, tzinfo=UTC)
+
+
+def price_for_model(model, table=SHIPPED):
+    return table.price_for(model, NOW)
+
+
+def priced_by(table, **observation):
+    return price_usage(prices=table, at=NOW, **observation)
+
 
 # A model id each entry prices where its modelName is not one (Langfuse names
 # some entries with dots and matches the ids with dashes).
@@ -41,12 +54,12 @@ def every_key(entry) -> dict[str, int]:
     return {key: 1000 + 137 * n for n, key in enumerate(entry.prices)}
 
 
-@pytest.mark.parametrize("entry", PRICE_TABLE, ids=lambda e: e.model_name)
+@pytest.mark.parametrize("entry", SHIPPED_PRICES, ids=lambda e: e.model_name)
 def test_every_shipped_model_costs_what_langfuse_computes(entry):
     model = model_id(entry)
     usage = every_key(entry)
 
-    priced = price_usage(model=model, usage=usage, langfuse_cost=None)
+    priced = priced_by(SHIPPED, model=model, usage=usage, langfuse_cost=None)
 
     assert price_for_model(model) is entry
     langfuse = langfuse_cost(model, usage)
@@ -54,13 +67,13 @@ def test_every_shipped_model_costs_what_langfuse_computes(entry):
     assert priced.cost > 0
 
 
-@pytest.mark.parametrize("entry", PRICE_TABLE, ids=lambda e: e.model_name)
+@pytest.mark.parametrize("entry", SHIPPED_PRICES, ids=lambda e: e.model_name)
 def test_every_shipped_model_costs_the_same_without_the_total(entry):
     # What the app reads has `total` dropped; Langfuse priced it with one.
     usage = {"input": 1234} if entry.by_total else every_key(entry)
     with_total = {**usage, "total": sum(usage.values())}
 
-    priced = price_usage(model=model_id(entry), usage=usage, langfuse_cost=None)
+    priced = priced_by(SHIPPED, model=model_id(entry), usage=usage, langfuse_cost=None)
 
     assert priced.cost == langfuse_cost(model_id(entry), with_total)["total"]
 
@@ -71,8 +84,8 @@ def test_models_in_use_stay_priced(model):
 
 
 def test_shipped_patterns_do_not_overlap():
-    for entry in PRICE_TABLE:
-        matching = [other for other in PRICE_TABLE if other.matches(model_id(entry))]
+    for entry in SHIPPED_PRICES:
+        matching = [other for other in SHIPPED_PRICES if other.matches(model_id(entry))]
         assert matching == [entry]
 
 
@@ -84,7 +97,8 @@ def test_prices_are_decimal_per_unit():
 
 
 def test_cache_write_and_reasoning_tokens_are_priced():
-    sonnet = price_usage(
+    sonnet = priced_by(
+        SHIPPED,
         model="claude-sonnet-4-20250514",
         usage={
             "input": 1000,
@@ -94,7 +108,8 @@ def test_cache_write_and_reasoning_tokens_are_priced():
         },
         langfuse_cost=None,
     )
-    o3_mini = price_usage(
+    o3_mini = priced_by(
+        SHIPPED,
         model="o3-mini",
         usage={"input": 1000, "output": 200, "output_reasoning_tokens": 800},
         langfuse_cost=None,
@@ -107,7 +122,8 @@ def test_cache_write_and_reasoning_tokens_are_priced():
 
 
 def test_a_key_we_do_not_price_takes_langfuses_cost_for_that_key():
-    priced = price_usage(
+    priced = priced_by(
+        SHIPPED,
         model="gpt-4o",
         usage={"input": 1000, "output": 100, "input_audio_tokens": 50},
         langfuse_cost=Decimal("0.0085"),
@@ -123,7 +139,8 @@ def test_a_key_we_do_not_price_takes_langfuses_cost_for_that_key():
 
 
 def test_without_itemised_langfuse_cost_the_whole_observation_takes_its_total():
-    priced = price_usage(
+    priced = priced_by(
+        SHIPPED,
         model="gpt-4o",
         usage={"input": 1000, "input_audio_tokens": 50},
         langfuse_cost=Decimal("0.009"),
@@ -144,7 +161,8 @@ def test_without_itemised_langfuse_cost_the_whole_observation_takes_its_total():
     ],
 )
 def test_a_key_nobody_prices_leaves_the_observation_unpriced(cost, details):
-    priced = price_usage(
+    priced = priced_by(
+        SHIPPED,
         model="gpt-4o",
         usage={"input": 1000, "input_audio_tokens": 50},
         langfuse_cost=cost,
@@ -156,7 +174,8 @@ def test_a_key_nobody_prices_leaves_the_observation_unpriced(cost, details):
 
 
 def test_unknown_model_takes_langfuses_cost():
-    priced = price_usage(
+    priced = priced_by(
+        SHIPPED,
         model="acme-distilled-v2",
         usage={"input": 100, "output": 100},
         langfuse_cost=Decimal("0.0123"),
@@ -168,8 +187,8 @@ def test_unknown_model_takes_langfuses_cost():
 @pytest.mark.parametrize("model", ["local-llama-3-8b-ft", None, ""])
 @pytest.mark.parametrize("cost", [None, Decimal(0)])
 def test_unknown_model_without_langfuse_cost_is_unpriced_not_free(model, cost):
-    priced = price_usage(
-        model=model, usage={"input": 100, "output": 10}, langfuse_cost=cost
+    priced = priced_by(
+        SHIPPED, model=model, usage={"input": 100, "output": 10}, langfuse_cost=cost
     )
 
     assert (priced.cost, priced.source) == (None, PriceSource.NONE)
@@ -180,7 +199,7 @@ def test_unknown_model_without_langfuse_cost_is_unpriced_not_free(model, cost):
 @pytest.mark.parametrize("usage", [{}, {"input": 0, "output": 0, "total": 0}])
 def test_zero_usage_costs_zero_and_is_not_unpriced(usage):
     for model in ("gpt-4o", "local-llama-3-8b-ft", None):
-        priced = price_usage(model=model, usage=usage, langfuse_cost=None)
+        priced = priced_by(SHIPPED, model=model, usage=usage, langfuse_cost=None)
 
         assert priced == Priced(Decimal(0), PriceSource.NONE)
         assert priced.reason == ""
@@ -188,7 +207,7 @@ def test_zero_usage_costs_zero_and_is_not_unpriced(usage):
 
 def test_a_cost_without_usage_is_langfuses():
     for model in ("gpt-4o", "local-llama-3-8b-ft"):
-        priced = price_usage(model=model, usage={}, langfuse_cost=Decimal("0.5"))
+        priced = priced_by(SHIPPED, model=model, usage={}, langfuse_cost=Decimal("0.5"))
 
         assert priced == Priced(Decimal("0.5"), PriceSource.LANGFUSE)
 
@@ -219,7 +238,7 @@ def test_patterns_match_whole_names(model):
 def test_total_is_not_counted_twice():
     usage = {"input": 1000, "output": 500, "total": 1500}
 
-    priced = price_usage(model="gpt-4o", usage=usage, langfuse_cost=None)
+    priced = priced_by(SHIPPED, model="gpt-4o", usage=usage, langfuse_cost=None)
 
     assert priced.cost == Decimal("0.0075")  # 1000 * $2.50 + 500 * $10 per million
     assert token_totals(usage) == (1000, 500, 0)
@@ -236,10 +255,10 @@ def test_a_total_price_prices_the_whole_usage():
 def test_a_usage_of_only_a_total_needs_a_total_price_or_langfuse():
     gpt_4o = {"model": "gpt-4o", "usage": {"total": 1000}}
 
-    assert price_usage(**gpt_4o, langfuse_cost=Decimal("0.004")) == Priced(
+    assert priced_by(SHIPPED, **gpt_4o, langfuse_cost=Decimal("0.004")) == Priced(
         Decimal("0.004"), PriceSource.LANGFUSE
     )
-    assert price_usage(**gpt_4o, langfuse_cost=None).cost is None
+    assert priced_by(SHIPPED, **gpt_4o, langfuse_cost=None).cost is None
 
 
 def test_token_totals_sum_keys_into_input_output_and_cached():
@@ -288,16 +307,18 @@ def test_bad_price_data_is_rejected(tmp_path):
         load([good, good])
 
 
-def test_a_free_model_is_priced_at_zero_not_unpriced(monkeypatch):
+def test_a_free_model_is_priced_at_zero_not_unpriced():
     usage = {"input": 100, "output": 10}
-    assert price_usage(model="Llama", usage=usage, langfuse_cost=None).cost is None
+    assert (
+        priced_by(SHIPPED, model="Llama", usage=usage, langfuse_cost=None).cost is None
+    )
 
-    free = model_price("llama", {"input": "0", "output": "0"})
-    monkeypatch.setattr("billing.pricing.PRICE_TABLE", (*PRICE_TABLE, free))
-    priced = price_usage(model="Llama", usage=usage, langfuse_cost=None)
+    free = price_rule("llama", {"input": "0", "output": "0"})
+    table = PriceTable((*SHIPPED_PRICES, free))
+    priced = priced_by(table, model="Llama", usage=usage, langfuse_cost=None)
 
     assert priced == Priced(Decimal(0), PriceSource.PRICE_TABLE)
-    assert price_for_model("Llama") is free
+    assert price_for_model("Llama", table) is free
 
 
 def test_the_emulator_bills_usage_sent_without_a_cost_as_langfuse_does(
@@ -338,7 +359,8 @@ def test_the_emulator_bills_usage_sent_without_a_cost_as_langfuse_does(
     assert sonnet.usage_details == {**usage, "total": 13_500}
     assert Decimal(str(sonnet.total_cost)) == Decimal("0.0210")
     details = {k: Decimal(str(v)) for k, v in sonnet.cost_details.items()}
-    priced = price_usage(
+    priced = priced_by(
+        SHIPPED,
         model="claude-sonnet-4-20250514",
         usage=usage,
         langfuse_cost=Decimal(str(sonnet.total_cost)),
@@ -354,3 +376,50 @@ def test_the_emulator_bills_usage_sent_without_a_cost_as_langfuse_does(
     }
     unknown = served["gen-2"]
     assert (unknown.total_cost, unknown.cost_details) == (None, {})
+
+
+def test_the_rule_in_force_at_the_observation_start_prices_it():
+    december = datetime(2026, 12, 1, tzinfo=UTC)
+    old = price_rule("m", {"input": "0.000001"}, id=1, valid_to=december)
+    new = price_rule("m", {"input": "0.000002"}, id=2, valid_from=december)
+    table = PriceTable((old, new))
+    usage = {"input": 1000}
+
+    before = price_usage(
+        prices=table,
+        at=december - timedelta(seconds=1),
+        model="m",
+        usage=usage,
+        langfuse_cost=None,
+    )
+    after = price_usage(
+        prices=table, at=december, model="m", usage=usage, langfuse_cost=None
+    )
+
+    assert (before.cost, before.rule) == (Decimal("0.001"), old)
+    assert (after.cost, after.rule) == (Decimal("0.002"), new)
+    # Before the first rule's start: nothing of ours, no Langfuse cost.
+    later = PriceTable((new,))
+    assert (
+        price_usage(
+            prices=later, at=NOW, model="m", usage=usage, langfuse_cost=None
+        ).cost
+        is None
+    )
+
+
+def test_table_order_decides_between_matching_rules():
+    broad = price_rule("all-gpt", {"input": "1"}, match_pattern="(?i)^gpt")
+    exact = price_rule("gpt-x", {"input": "2"})
+
+    assert price_for_model("gpt-x", PriceTable((broad, exact))) is broad
+    assert price_for_model("gpt-x", PriceTable((exact, broad))) is exact
+
+
+def test_matches_are_kept_for_a_bounded_number_of_models():
+    table = PriceTable(SHIPPED_PRICES)
+    for n in range(PriceTable.MATCHES_KEPT + 10):
+        table.price_for(f"hostile-{n}", NOW)
+
+    assert len(table._matching) <= PriceTable.MATCHES_KEPT
+    assert table.price_for("gpt-4o", NOW).model_name == "gpt-4o"

@@ -20,6 +20,7 @@ from django.utils import timezone
 from billing.emulators.langfuse import LangfuseEmulator, format_timestamp, to_micros
 from billing.emulators.stripe import StripeEmulator
 from billing.models import StripeReport, Tenant, UsageAdjustment, UsageRecord
+from billing.price_table import price_table_load
 from billing.pricing import price_usage
 from billing.tenancy import tenant_context
 from tests.factories import TenantFactory
@@ -160,6 +161,7 @@ class World:
 def expected_cost(generations) -> Decimal:
     """What the app bills for ``World.trace`` generations, priced as it prices."""
     total = Decimal(0)
+    prices = price_table_load()
     for model, input_tokens, output_tokens, cached, *cost in generations:
         usage = {
             "input": input_tokens,
@@ -167,6 +169,8 @@ def expected_cost(generations) -> Decimal:
             "cache_read_input_tokens": cached,
         }
         priced = price_usage(
+            prices=prices,
+            at=timezone.now(),
             model=model,
             usage=usage,
             langfuse_cost=Decimal(str(cost[0])) if cost else None,

@@ -12,8 +12,10 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from billing.audit import Actor
 from billing.emulators.base import Faults
-from billing.models import AuditLog, SyncCursor, SyncRun, UsageRecord
+from billing.models import AuditLog, ModelPrice, SyncCursor, SyncRun, UsageRecord
+from billing.price_table import model_price_save, price_table_load
 from billing.sync import sync_tenant
 from billing.tenancy import tenant_context
 from tests.billing.sync.conftest import iso
@@ -235,8 +237,7 @@ def test_usage_without_any_price_is_held_unpriced_never_billed_as_zero(
     _assert_every_trace_accounted(world, tenant, ["held", span, normal])
 
 
-def test_held_usage_is_billed_on_its_own_report_once_a_price_exists(world, monkeypatch):
-    from billing import pricing
+def test_held_usage_is_billed_on_its_own_report_once_a_price_exists(world):
 
     tenant = world.tenant("acme")
     start = timezone.now() - timedelta(minutes=10)
@@ -249,14 +250,11 @@ def test_held_usage_is_billed_on_its_own_report_once_a_price_exists(world, monke
     assert world.stripe_total(tenant) == world.ledger_micro_usd(tenant)
     events_before = len(world.stripe.meter_events())
 
-    # The operator adds a price (here: the shipped table gains an entry).
-    monkeypatch.setattr(
-        pricing,
-        "PRICE_TABLE",
-        (
-            *pricing.PRICE_TABLE,
-            pricing.model_price("acme-ft-1", {"input": "0.0000015"}),
-        ),
+    # The operator adds a price.
+    model_price_save(
+        price=ModelPrice(model_name="acme-ft-1", match_pattern="^acme-ft-1$"),
+        unit_prices={"input": Decimal("0.0000015")},
+        actor=Actor.system(),
     )
     run = sync_tenant(tenant_id=tenant.pk, kind=SyncRun.Kind.RECONCILE)
 
@@ -271,7 +269,8 @@ def test_held_usage_is_billed_on_its_own_report_once_a_price_exists(world, monke
 
 
 def test_cache_write_and_reasoning_tokens_are_billed(world):
-    from billing.pricing import price_for_model
+    def price_for_model(model):
+        return price_table_load().price_for(model, start)
 
     tenant = world.tenant("acme")
     start = timezone.now() - timedelta(minutes=10)
@@ -391,8 +390,7 @@ def test_a_failure_that_only_changes_its_counts_is_still_the_same_failure(
     assert tenant.sync_problem.startswith("stuck: 3 runs in a row failed: ")
 
 
-def test_a_held_change_to_a_billed_trace_bills_only_its_difference(world, monkeypatch):
-    from billing import pricing
+def test_a_held_change_to_a_billed_trace_bills_only_its_difference(world):
 
     tenant = world.tenant("acme")
     start = timezone.now() - timedelta(minutes=30)
@@ -410,11 +408,15 @@ def test_a_held_change_to_a_billed_trace_bills_only_its_difference(world, monkey
     assert held.status == "unpriced"
     assert world.stripe_total(tenant) == before
 
-    gpt_4o = pricing.price_for_model("gpt-4o")
-    priced = pricing.model_price(
-        "gpt-4o", {**gpt_4o.prices, "acme_units": "0.1"}, match_pattern="^gpt-4o$"
+    gpt_4o = ModelPrice.objects.get(model_name="gpt-4o")
+    model_price_save(
+        price=gpt_4o,
+        unit_prices={
+            **{unit.usage_key: unit.price for unit in gpt_4o.unit_prices.all()},
+            "acme_units": Decimal("0.1"),
+        },
+        actor=Actor.system(),
     )
-    monkeypatch.setattr(pricing, "PRICE_TABLE", (priced, *pricing.PRICE_TABLE))
     sync_tenant(tenant_id=tenant.pk, kind=SyncRun.Kind.RECONCILE)
 
     held.refresh_from_db()
