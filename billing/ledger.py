@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from functools import partial
 
 from django.db import transaction
@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from billing.langfuse_source import Observation, Page
 from billing.models import Tenant, UsageAdjustment, UsageRecord
-from billing.models.ledger import BillingStatus
+from billing.models.ledger import MONEY, BillingStatus
 from billing.pricing import (
     Priced,
     PriceSource,
@@ -34,15 +34,18 @@ from billing.tenancy import tenant_context
 from billing.usage_cache import usage_cache_invalidate
 
 # An accounted observation: [model, input, output, cached, "cost", price
-# source, {usage key: count}, price row id or None, "priced at"]. Source
-# "none" with usage: held as unpriced. Entries written before the usage was
-# kept stop after the source, before the price table was stored after the
-# usage.
+# source, {usage key: count}, price row id or None, "priced at", Langfuse's
+# "cost" or None]. Source "none" with usage: held as unpriced. Entries written
+# before the usage was kept stop after the source; before the price table was
+# stored, after the usage.
 Entry = list
-USAGE, RULE, PRICED_AT = 6, 7, 8
+USAGE, RULE, PRICED_AT, LANGFUSE_COST = 6, 7, 8, 9
+# Costs are kept to the ledger's last digit, so that a record's cost is the
+# exact sum of its observations' and a repriced difference is exact too.
+LEDGER_PLACES = Decimal(1).scaleb(-MONEY["decimal_places"])
 
 
-def pricemake_entry(obs: Observation, prices: PriceTable) -> tuple[Entry, str]:
+def price_entry(obs: Observation, prices: PriceTable) -> tuple[Entry, str]:
     """
     Price one observation with the prices in force at its start; the reason
     is set when it cannot be priced.
@@ -55,22 +58,32 @@ def pricemake_entry(obs: Observation, prices: PriceTable) -> tuple[Entry, str]:
         langfuse_cost=obs.langfuse_cost,
         langfuse_cost_details=obs.langfuse_cost_details,
     )
-    return make_entry(obs.model, obs.usage, priced, obs.start_time), priced.reason
+    entry = make_entry(obs.model, obs.usage, priced, obs.start_time, obs.langfuse_cost)
+    return entry, priced.reason
 
 
 def make_entry(
-    model: str, usage: dict[str, int], priced: Priced, at: datetime
+    model: str,
+    usage: dict[str, int],
+    priced: Priced,
+    at: datetime,
+    langfuse_cost: Decimal | str | None,
 ) -> Entry:
     cost = priced.cost if priced.cost is not None else Decimal(0)
     return [
         model,
         *token_totals(usage),
-        str(cost.normalize()),
+        _money_text(cost),
         priced.source,
         usage,
         priced.rule.id if priced.rule else None,
         at.astimezone(UTC).isoformat(),
+        None if langfuse_cost is None else _money_text(Decimal(langfuse_cost)),
     ]
+
+
+def _money_text(amount: Decimal) -> str:
+    return str(amount.quantize(LEDGER_PLACES, rounding=ROUND_HALF_UP).normalize())
 
 
 def entry_priced_at(entry: Entry, default: datetime) -> datetime:
@@ -80,6 +93,10 @@ def entry_priced_at(entry: Entry, default: datetime) -> datetime:
     return default
 
 
+def entry_langfuse_cost(entry: Entry) -> str | None:
+    return entry[LANGFUSE_COST] if len(entry) > LANGFUSE_COST else None
+
+
 def _is_unpriced(entry: Entry) -> bool:
     return entry[5] == PriceSource.NONE
 
@@ -87,10 +104,11 @@ def _is_unpriced(entry: Entry) -> bool:
 def usage_changed(accounted: Entry | None, entry: Entry) -> bool:
     """
     Whether a billed observation's usage changed: its model, its usage, or
-    Langfuse's cost where that is the price. A change of our prices alone is
-    not news: it never re-bills history (repricing is an operator's act).
-    Entries stored before the usage was kept (six items) compare by their
-    token columns.
+    Langfuse's cost where that is (part of) the price. A change of our
+    prices alone is not news, nor is a change of who priced it: it never
+    re-bills history (repricing is an operator's act). Entries stored before
+    the usage was kept (six items) compare by their token columns; before
+    Langfuse's cost was kept, by the cost of entries Langfuse priced.
     """
     if accounted is None or accounted[0] != entry[0]:
         return True
@@ -99,8 +117,12 @@ def usage_changed(accounted: Entry | None, entry: Entry) -> bool:
             return True
     elif accounted[1:4] != entry[1:4]:
         return True
-    langfuse_priced = PriceSource.LANGFUSE in (accounted[5], entry[5])
-    return langfuse_priced and Decimal(accounted[4]) != Decimal(entry[4])
+    if PriceSource.LANGFUSE not in (accounted[5], entry[5]):
+        return False
+    if len(accounted) > LANGFUSE_COST:
+        return accounted[LANGFUSE_COST] != entry_langfuse_cost(entry)
+    both_langfuse = accounted[5] == entry[5] == PriceSource.LANGFUSE
+    return both_langfuse and Decimal(accounted[4]) != Decimal(entry[4])
 
 
 @dataclass
@@ -134,7 +156,7 @@ class TraceUsage:
             self.ended.add(obs.id)
         if not obs.has_usage:
             return
-        self.entries[obs.id], reason = pricemake_entry(obs, prices)
+        self.entries[obs.id], reason = price_entry(obs, prices)
         if reason:
             self.unpriced = self.unpriced or f"observation {obs.id}: {reason}"
 
@@ -478,9 +500,11 @@ def ledger_reprice_unpriced(*, tenant: Tenant, prices: PriceTable) -> int:
 
 
 def _release_if_priced(row: UsageRecord | UsageAdjustment, prices: PriceTable) -> bool:
+    # Nothing of a held row was billed: all of it is priced with the prices
+    # in force, not only the part that waited for one.
     entries = {
         obs_id: _reprice(entry, prices, row.trace_timestamp)
-        if _is_unpriced(entry)
+        if entry[5] != PriceSource.LANGFUSE
         else entry
         for obs_id, entry in row.observations.items()
     }
@@ -515,10 +539,14 @@ def _accounted_before(adjustment: UsageAdjustment) -> dict[str, Entry]:
 
 
 def _reprice(entry: Entry, prices: PriceTable, default_at: datetime) -> Entry:
-    """A held entry priced with ``prices``; Langfuse had no cost for it."""
+    """
+    An entry of a held row that Langfuse did not price, priced with our
+    ``prices``: Langfuse's itemised cost is not kept, and its total alone
+    could cover keys it did not price.
+    """
     model, usage = entry[0], entry[USAGE] if len(entry) > USAGE else {}
     at = entry_priced_at(entry, default_at)
     priced = price_usage(
         prices=prices, at=at, model=model, usage=usage, langfuse_cost=None
     )
-    return make_entry(model, usage, priced, at)
+    return make_entry(model, usage, priced, at, entry_langfuse_cost(entry))

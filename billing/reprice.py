@@ -46,6 +46,7 @@ from billing.ledger import (
     content_hash,
     entries_delta,
     entries_price_source,
+    entry_langfuse_cost,
     entry_priced_at,
     make_entry,
 )
@@ -69,6 +70,10 @@ LEDGER_PLACES = Decimal(1).scaleb(-MONEY["decimal_places"])
 NO_USAGE = "written before the ledger kept usage per key"
 LANGFUSE_PRICED = "priced by Langfuse; our prices do not cover all its usage"
 NO_PRICE = "no price of ours in force for it"
+HELD = (
+    "in records held as unpriced: the sync's reconcile prices them in full "
+    "once a price exists"
+)
 
 
 def as_stored(cost: Decimal) -> Decimal:
@@ -116,23 +121,23 @@ def reprice_entry(
     entry: Entry, prices: PriceTable, default_at: datetime
 ) -> tuple[Entry | None, str]:
     """
-    ``entry`` priced with ``prices`` in force at its start, or None and the
-    reason it is kept as it is.
+    ``entry`` priced with our prices in force at its start, or None and the
+    reason it is kept as it is. Only a price of ours for all of its usage
+    replaces what was accounted: Langfuse's itemised cost is not kept.
     """
     source = entry[5]
     if source == PriceSource.NONE:
-        return None, ""  # held, or no usage: nothing billed to correct
+        return None, ""  # held (counted by record), or no usage and no cost
     if len(entry) <= USAGE:
         return None, NO_USAGE
     model, usage = entry[0], entry[USAGE]
     at = entry_priced_at(entry, default_at)
-    # Langfuse's cost is not kept: only a price of ours in full replaces it.
     priced = price_usage(
         prices=prices, at=at, model=model, usage=usage, langfuse_cost=None
     )
-    if priced.cost is None:
+    if priced.source != PriceSource.PRICE_TABLE:
         return None, LANGFUSE_PRICED if source == PriceSource.LANGFUSE else NO_PRICE
-    return make_entry(model, usage, priced, at), ""
+    return make_entry(model, usage, priced, at, entry_langfuse_cost(entry)), ""
 
 
 def ledger_reprice(
@@ -157,6 +162,15 @@ def ledger_reprice(
     prices = prices if prices is not None else price_table_load()
     result = RepriceResult(tenant=tenant, applied=apply)
     start, end = day_bounds(since)[0], day_bounds(until)[1]
+    with tenant_context([tenant.pk]):
+        held = UsageRecord.objects.for_tenant(tenant).filter(
+            trace_timestamp__gte=start,
+            trace_timestamp__lt=end,
+            status=BillingStatus.UNPRICED,
+        )
+        for observations in held.values_list("observations", flat=True).iterator():
+            if observations:
+                result.kept[HELD] += len(observations)
     lock = tenant_sync_lock(tenant.pk, wait=True) if apply else nullcontext()
     with lock:
         after_id = 0

@@ -171,19 +171,25 @@ PLATFORM_ROWS_POLICY = "platform_rows"
 
 class AllowPlatformRows(PostgresTableOperation):
     """
-    A second policy on a tenant-owned table: rows of no tenant (platform
-    data, such as the audit of the global price table) are visible to and
-    writable by every role. Policies are permissive: a row passes either.
+    Policies on a tenant-owned table for rows of no tenant (platform data,
+    such as the audit of the global price table): every role may read and
+    insert them, never change them. Policies are permissive: a row passes
+    the tenant policy or these.
     """
 
     def forwards_sql(self, table: str, quote) -> list[str]:
         return [
-            f"CREATE POLICY {PLATFORM_ROWS_POLICY} ON {quote(table)} "
-            "USING (tenant_id IS NULL) WITH CHECK (tenant_id IS NULL)"
+            f"CREATE POLICY {PLATFORM_ROWS_POLICY}_read ON {quote(table)} "
+            "FOR SELECT USING (tenant_id IS NULL)",
+            f"CREATE POLICY {PLATFORM_ROWS_POLICY}_insert ON {quote(table)} "
+            "FOR INSERT WITH CHECK (tenant_id IS NULL)",
         ]
 
     def backwards_sql(self, table: str, quote) -> list[str]:
-        return [f"DROP POLICY IF EXISTS {PLATFORM_ROWS_POLICY} ON {quote(table)}"]
+        return [
+            f"DROP POLICY IF EXISTS {PLATFORM_ROWS_POLICY}_{verb} ON {quote(table)}"
+            for verb in ("read", "insert")
+        ]
 
     def describe(self) -> str:
-        return f"Let every role see and write rows of no tenant in {self.model_name}"
+        return f"Let every role read and add rows of no tenant in {self.model_name}"

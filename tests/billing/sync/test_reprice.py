@@ -19,11 +19,18 @@ from billing.models import (
     ModelPrice,
     StripeReconciliation,
     StripeReport,
+    SyncRun,
     UsageAdjustment,
     UsageRecord,
 )
 from billing.price_table import model_price_save
-from billing.reprice import NO_USAGE, ledger_reprice
+from billing.reprice import (
+    HELD,
+    LANGFUSE_PRICED,
+    NO_PRICE,
+    NO_USAGE,
+    ledger_reprice,
+)
 from billing.stripe_reconcile import stripe_reconcile
 from billing.sync import sync_tenant
 from tests.billing.sync.conftest import noon
@@ -189,6 +196,7 @@ def test_only_usage_under_the_changed_period_is_repriced(world, billed):
 @pytest.mark.django_db
 def test_what_cannot_be_repriced_is_kept_and_counted(tenant):
     at = noon(3)
+    stamp = at.isoformat()
     old = ["gpt-4o", 1000, 100, 0, "0.0035", "price_table"]  # no usage kept
     langfuse = [
         "acme-private",
@@ -199,9 +207,17 @@ def test_what_cannot_be_repriced_is_kept_and_counted(tenant):
         "langfuse",
         {"input": 10},
         None,
-        at.isoformat(),
+        stamp,
+        "0.5",
     ]
-    ledger_write(tenant, trace_usage("t", {"o1": old, "o2": langfuse}, at=at))
+    # A cost Langfuse ingested without usage: nothing of ours can price it.
+    cost_only = ["", 0, 0, 0, "0.25", "langfuse", {}, None, stamp, "0.25"]
+    held = ["acme-private", 10, 0, 0, "0", "none", {"input": 10}, None, stamp, None]
+    ledger_write(
+        tenant,
+        trace_usage("t", {"o1": old, "o2": langfuse, "o3": cost_only}, at=at),
+        trace_usage("held", {"o1": held}, at=at),
+    )
 
     result = ledger_reprice(
         tenant=tenant, since=at.date(), until=at.date(), apply=True, actor=OPERATOR
@@ -210,9 +226,64 @@ def test_what_cannot_be_repriced_is_kept_and_counted(tenant):
     assert result.difference == 0
     assert dict(result.kept) == {
         NO_USAGE: 1,
-        "priced by Langfuse; our prices do not cover all its usage": 1,
+        LANGFUSE_PRICED: 2,
+        HELD: 1,
     }
     assert not UsageAdjustment.objects.exists()
+
+
+def test_a_price_change_alone_bills_nothing_until_repriced(world, billed):
+    """Who priced an observation changing is not news to the sync's reconcile."""
+    gpt = ModelPrice.objects.get(model_name="gpt-4o")
+    units = {unit.usage_key: unit.price for unit in gpt.unit_prices.all()}
+    # Our gpt-4o price ends before the billed usage: Langfuse's cost applies.
+    gpt.valid_to = noon(2)
+    model_price_save(price=gpt, unit_prices=units, actor=OPERATOR)
+    sent = world.stripe_total(billed)
+
+    sync_tenant(
+        tenant_id=billed.pk, kind=SyncRun.Kind.RECONCILE, lookback=timedelta(days=4)
+    )
+
+    assert not UsageAdjustment.objects.exists()
+    assert world.stripe_total(billed) == sent
+    # Repricing is what moves billed usage to the prices in force.
+    dry = ledger_reprice(
+        tenant=billed,
+        since=noon(1).date(),
+        until=noon(0).date(),
+        apply=False,
+        actor=OPERATOR,
+    )
+    assert dry.kept == {NO_PRICE: 5}
+
+
+def test_held_usage_released_by_a_new_price_is_priced_in_full_with_it(world):
+    tenant = world.tenant("acme")
+    world.trace(
+        tenant,
+        trace_id="mixed",
+        start=noon(0),
+        generations=[GPT, ("acme-ft-1", 1000, 0, 0, 0)],
+    )
+    sync_tenant(tenant_id=tenant.pk)
+    assert UsageRecord.objects.get(trace_id="mixed").status == "unpriced"
+    # Both prices change before the record is billed.
+    set_gpt_4o_output_price("0.000012")
+    model_price_save(
+        price=ModelPrice(model_name="acme-ft-1", match_pattern="^acme-ft-1$"),
+        unit_prices={"input": Decimal("0.000001")},
+        actor=OPERATOR,
+    )
+
+    sync_tenant(
+        tenant_id=tenant.pk, kind=SyncRun.Kind.RECONCILE, lookback=timedelta(days=2)
+    )
+
+    record = UsageRecord.objects.get(trace_id="mixed")
+    assert record.status == "reported"
+    assert record.cost == Decimal("0.0037") + Decimal("0.001")
+    assert world.stripe_total(tenant) == world.ledger_micro_usd(tenant)
 
 
 def test_bad_periods_are_refused(world, billed):
