@@ -66,11 +66,13 @@ Each size gets a clean Postgres database ``bench_billing``, copied from
 from __future__ import annotations
 
 import argparse
+import cProfile
 import heapq
 import itertools
 import json
 import math
 import os
+import pstats
 import resource
 import subprocess
 import sys
@@ -81,6 +83,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from support import DEFAULT_POSTGRES_URL, ROOT, log, recreate_database
@@ -172,6 +175,18 @@ def current_rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         resident_pages = int(statm.read().split()[1])
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def profile_top(profiler: cProfile.Profile, count: int = 5) -> list[str]:
+    """The ``count`` functions that took the most time of their own."""
+    stats = pstats.Stats(profiler)
+    rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)
+    total = sum(row[2] for _, row in stats.stats.items()) or 1.0
+    return [
+        f"{own:7.2f} s own ({own / total:4.0%}), {cumulative:7.2f} s with callees, "
+        f"{calls:>9} calls  {Path(file).name}:{line} {name}"
+        for (file, line, name), (_, calls, own, cumulative, _) in rows[:count]
+    ]
 
 
 class RssSampler:
@@ -755,9 +770,15 @@ class Result:
     check_ok: bool
     check_text: str
     notes: list[str] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # of the process that ran the sync
+    profile_top: list[str] = field(default_factory=list)
 
     def per_1000(self, calls: int) -> float:
         return calls * 1000 / self.traces
+
+    @property
+    def cpu_ms_per_trace(self) -> float:
+        return self.cpu_seconds * 1000 / self.traces
 
     @property
     def billed_per_second(self) -> float:
@@ -782,6 +803,7 @@ class Bench:
     settings: dict[str, int]
     meter_id: str
     customer_id: str
+    profile: int = 0  # functions of the profile to print; 0: no profile
 
     def stripe_check(
         self, totals: dict[str, Any], until: float | None = None
@@ -819,6 +841,8 @@ def run_app(
     late_pass: bool = False,
     steady_rates: tuple[int, ...] = (),
     steady_minutes: int = 0,
+    profile: int = 0,
+    debug: bool = False,
 ) -> AppRun:
     """
     Serve a scenario of ``traces`` traces and sync it with the app; then,
@@ -834,6 +858,8 @@ def run_app(
         recreate_database(postgres_url, DATABASE, template=TEMPLATE_DATABASE)
         meter_id, customer_id = stripe_prepare(info["stripe_url"], "Bench tenant")
         env = django_env(postgres_url, DATABASE, info["stripe_url"])
+        if debug:
+            env["DEBUG"] = "1"
         tenant = emulators.tenant
         setup = run_child(
             "_setup",
@@ -856,6 +882,7 @@ def run_app(
             settings=setup["settings"],
             meter_id=meter_id,
             customer_id=customer_id,
+            profile=profile,
         )
         run = AppRun(result=bulk_sync(bench))
         if late_pass:
@@ -873,7 +900,11 @@ def bulk_sync(bench: Bench) -> Result:
     label, emulators = bench.label, bench.emulators
     log(f"{label}: syncing (progress every {PROGRESS_SECONDS:.0f} s)")
     before = emulators.stats()
-    sync = run_child("_app", {"tenant_id": bench.tenant_id, "tag": label}, bench.env)
+    sync = run_child(
+        "_app",
+        {"tenant_id": bench.tenant_id, "tag": label, "profile": bench.profile},
+        bench.env,
+    )
     after = emulators.stats()
     served = stats_delta(before, after)
     check_ok, check_text = bench.stripe_check(sync)
@@ -886,6 +917,8 @@ def bulk_sync(bench: Bench) -> Result:
         rate_limited=sync["rate_limited"],
         seconds=sync["seconds"],
         peak_rss_bytes=sync["peak_rss_bytes"],
+        cpu_seconds=sync["cpu_seconds"],
+        profile_top=sync["profile_top"],
         check_ok=sync["status"] == "succeeded" and check_ok,
         check_text=check_text,
         notes=[
@@ -1487,12 +1520,20 @@ def app_worker(config: dict[str, Any]) -> dict[str, Any]:
     tenant_id = config["tenant_id"]
     sampler = RssSampler().start()
     rss_before = current_rss_bytes()
-    started = time.monotonic()
+    profiler = cProfile.Profile() if config.get("profile") else None
+    cpu, started = cpu_seconds(), time.monotonic()
+    if profiler:
+        profiler.enable()
     run = sync_tenant(
         tenant_id=tenant_id,
         progress=partial(BenchProgress, tag=config["tag"], sampler=sampler),
     )
+    if profiler:
+        profiler.disable()
+        if os.environ.get("BENCH_PROFILE_DUMP"):  # for pstats, by hand
+            profiler.dump_stats(os.environ["BENCH_PROFILE_DUMP"])
     seconds = time.monotonic() - started
+    cpu = cpu_seconds() - cpu
     sampler.stop()
     if run is None:
         raise RuntimeError("another process holds the tenant's sync lock")
@@ -1501,6 +1542,8 @@ def app_worker(config: dict[str, Any]) -> dict[str, Any]:
         **run_counters(run),
         **ledger_totals(tenant_id),
         "seconds": seconds,
+        "cpu_seconds": cpu,
+        "profile_top": profile_top(profiler, config["profile"]) if profiler else [],
         "rss_before_sync_bytes": rss_before,
         "sampled_peak_bytes": sampler.peak,
         "peak_rss_bytes": peak_rss_bytes(),
@@ -1622,7 +1665,8 @@ def verdict(ok: bool) -> str:
 def print_table(results: list[Result]) -> None:
     header = (
         f"{'run':<16} {'traces':>7} {'billed':>7} {'LF/1k':>7} {'Stripe/1k':>9} "
-        f"{'429s':>5} {'sync s':>7} {'billed/s':>9} {'RSS MB':>7}  ledger == Stripe"
+        f"{'429s':>5} {'sync s':>7} {'billed/s':>9} {'CPU ms/tr':>9} {'RSS MB':>7}  "
+        "ledger == Stripe"
     )
     print()
     print(header)
@@ -1632,21 +1676,28 @@ def print_table(results: list[Result]) -> None:
             f"{r.label:<16} {r.traces:>7} {r.billed:>7} "
             f"{r.per_1000(r.langfuse_calls):>7.1f} "
             f"{r.per_1000(r.stripe_calls):>9.1f} {r.rate_limited:>5} "
-            f"{r.seconds:>7.1f} {r.billed_per_second:>9.1f} {r.peak_rss_mb:>7.1f}  "
+            f"{r.seconds:>7.1f} {r.billed_per_second:>9.1f} "
+            f"{r.cpu_ms_per_trace if r.cpu_seconds else float('nan'):>9.2f} "
+            f"{r.peak_rss_mb:>7.1f}  "
             f"{verdict(r.check_ok)} ({r.check_text})"
         )
     print()
     print(
         "LF/1k, Stripe/1k: calls per 1000 traces (every attempt, 429s included); "
         "429s: answers\nthat were rate limits; sync s: wall time of the sync; "
-        "billed/s: traces billed per\nsecond of it; RSS MB: peak RSS (MiB, "
-        "ru_maxrss) of the process that ran it."
+        "billed/s: traces billed per\nsecond of it; CPU ms/tr: CPU time (user + "
+        "system) of the process that ran it,\nper trace of the scenario; RSS MB: "
+        "peak RSS (MiB, ru_maxrss) of that process."
     )
     print()
     for r in results:
         print(f"{r.label}:")
         for note in r.notes:
             print(f"  {note}")
+        if r.profile_top:
+            print("  profile, the functions with the most time of their own:")
+            for line in r.profile_top:
+                print(f"    {line}")
 
 
 def span_text(seconds: float) -> str:
@@ -1983,6 +2034,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="measured one-minute syncs per steady rate, 0 to skip the steady "
         "state (default: %(default)s)",
     )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        nargs="?",
+        const=5,
+        default=0,
+        metavar="N",
+        help="profile each bulk sync and print its N (default 5) functions with "
+        "the most time of their own (the profiler slows the run: its CPU and "
+        "rates are then not comparable); BENCH_PROFILE_DUMP=path also writes "
+        "the whole profile there, for pstats",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="run the syncs with DEBUG on (Django then keeps every SQL string)",
+    )
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--days", type=int, default=DAYS)
     parser.add_argument(
@@ -2027,6 +2095,8 @@ def main(argv: list[str]) -> int:
                 late_pass=first and args.late_pass,
                 steady_rates=tuple(args.steady_rates) if first else (),
                 steady_minutes=args.steady_minutes if first else 0,
+                profile=args.profile,
+                debug=args.debug,
             )
         )
     results += [run.result for run in apps]
