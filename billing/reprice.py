@@ -55,6 +55,7 @@ from billing.models import Tenant, UsageAdjustment, UsageRecord
 from billing.models.ledger import MONEY, BillingStatus
 from billing.price_table import price_table_load
 from billing.pricing import PriceSource, PriceTable, price_usage
+from billing.query_log import query_log_forget
 from billing.tenancy import tenant_context
 from billing.usage_cache import usage_cache_invalidate
 from billing.utc_days import day_bounds
@@ -193,6 +194,7 @@ def ledger_reprice(
                     break
                 _reprice_chunk(records, prices, result, actor)
                 after_id = records[-1].pk
+            query_log_forget()
     return result
 
 

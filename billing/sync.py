@@ -51,6 +51,7 @@ from billing.ledger import (
 from billing.limiter import AdaptiveRateLimiter
 from billing.locks import tenant_sync_lock
 from billing.models import StripeReport, SyncCursor, SyncRun, Tenant, UsageRecord
+from billing.prefetch import prefetched
 from billing.price_table import price_table_load
 from billing.pricing import PriceTable
 from billing.progress import LogProgress, Progress
@@ -61,6 +62,7 @@ from billing.provider_calls import (
     ProviderCaller,
     ProviderError,
 )
+from billing.query_log import query_log_forget
 from billing.scopes import SCOPES
 from billing.services import tenant_pause_sync, tenant_set_sync_problem
 from billing.stripe_sink import ReportsRejected, reports_create, reports_send
@@ -257,8 +259,9 @@ class _Run:
         one per 1000 observations (slicing the window would cost a call per
         slice, empty or not).
         """
-        for page in self.source.pages(start=start, end=end):
+        for page in prefetched(self.source.pages(start=start, end=end)):
             traces = self.merge(page)
+            query_log_forget()
             # Newest first: the oldest start seen is how far back we got.
             progress.advance(traces=len(traces), position=page.oldest_start)
         # The window may reach back past the oldest usage: done is done.

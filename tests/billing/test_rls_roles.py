@@ -7,6 +7,7 @@ the test's transaction (the test connection is a superuser, which RLS skips).
 
 import importlib
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import psycopg
 import pytest
@@ -19,7 +20,7 @@ from django.urls import reverse
 from billing.app_role import AppRoleError, app_role_ensure, app_roles_ensure
 from billing.audit import Actor, audit_log_write
 from billing.ledger import TraceUsage, ledger_merge
-from billing.models import Membership
+from billing.models import Membership, UsageRecord
 from billing.rls import BYPASS_GROUP, POLICY_NAME, may_bypass_expression
 from billing.rollup import rollup_day
 from billing.tenancy import tenant_context
@@ -170,6 +171,34 @@ def test_worker_role_with_one_tenant_sees_only_that_tenant(seeded, worker_role):
     with tenant_context([tenant.pk]):
         for table in SEEDED:
             assert tenants_seen(table) == {tenant.pk}, table
+
+
+def test_worker_role_writes_a_page_of_records_in_one_statement(seeded, worker_role):
+    """New records go in by one INSERT and changed ones by one UPDATE, under
+    the tenant's policy (billing.ledger_batch)."""
+    tenant, other = seeded
+    set_role(worker_role)
+    gpt = ["gpt-4o", 1000, 100, 50, "0.0100", "price_table"]
+    traces = {}
+    for trace_id, observation in (("t1", "o9"), ("t2", "o1"), ("t3", "o1")):
+        # t1 is pending: it absorbs a new observation.
+        traces[trace_id] = TraceUsage(trace_id, AT, AT, project_id="web")
+        traces[trace_id].entries = {observation: gpt}
+    with tenant_context([tenant.pk]), CaptureQueriesContext(connection) as queries:
+        ledger_merge(tenant=tenant, traces=traces)
+        costs = dict(UsageRecord.objects.values_list("trace_id", "cost"))
+    writes = [q["sql"].split()[0] for q in queries if "usagerecord" in q["sql"]]
+    assert writes.count("INSERT") == 1
+    assert writes.count("UPDATE") == 1
+    assert costs == {
+        "t1": Decimal("0.02"),
+        "t2": Decimal("0.01"),
+        "t3": Decimal("0.01"),
+    }
+    with tenant_context([other.pk]):
+        assert dict(UsageRecord.objects.values_list("trace_id", "cost")) == {
+            "t1": Decimal("0.01")
+        }
 
 
 def test_the_table_owner_may_bypass_as_migrations_do(seeded):
