@@ -4,6 +4,7 @@ Benchmark of the Langfuse -> ledger -> Stripe sync against the emulators.
     .venv/bin/python bench/sync.py [--traces 10000 100000] [--baseline-sample 100]
                                    [--rate-limit 100] [--steady-rates 10 700]
                                    [--steady-minutes 20] [--no-late-pass]
+                                   [--profile [N]] [--debug]
 
 Phases:
 
@@ -12,7 +13,10 @@ Phases:
    limited to ``--rate-limit`` requests per minute per key), synced by the
    app's ``sync_tenant``. Prints per size: Langfuse and Stripe calls per 1000
    traces, 429s, traces billed per second, the peak RSS of the process that
-   ran the sync, and whether Stripe's total equals the ledger.
+   ran the sync, its CPU time per trace, the share of the rate-limit bound
+   it reached, and whether Stripe's total equals the ledger; with
+   ``--profile``, the functions that took the most time; then the figures
+   before issue 16 they compare against.
 2. BASELINE: the same figures for a seed-style sync implemented here (not in
    the app): one ``GET /api/public/v2/observations?traceId=...`` per trace
    through the real ``langfuse.api.LangfuseAPI`` client and one Stripe meter

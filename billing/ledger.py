@@ -372,14 +372,9 @@ REPRICE_CHUNK = 500
 # Records that still take news in place: nothing of them was billed yet.
 UNBILLED = (BillingStatus.PENDING, BillingStatus.UNPRICED)
 
-PENDING_UPDATE_FIELDS = [
+# What pricing a record sets.
+PRICED_FIELDS = [
     "observations",
-    "trace_timestamp",
-    "last_activity_at",
-    "user_id",
-    "project_id",
-    "agent_id",
-    "epic_id",
     "input_tokens",
     "output_tokens",
     "cached_tokens",
@@ -387,6 +382,15 @@ PENDING_UPDATE_FIELDS = [
     "model_breakdown",
     "content_hash",
     "price_source",
+]
+PENDING_UPDATE_FIELDS = [
+    *PRICED_FIELDS,
+    "trace_timestamp",
+    "last_activity_at",
+    "user_id",
+    "project_id",
+    "agent_id",
+    "epic_id",
     "status",
     "skip_reason",
     "running",

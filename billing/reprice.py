@@ -40,6 +40,7 @@ from django.utils import timezone
 
 from billing.audit import Actor, audit_log_write
 from billing.ledger import (
+    PRICED_FIELDS,
     USAGE,
     Entry,
     Totals,
@@ -50,6 +51,7 @@ from billing.ledger import (
     entry_priced_at,
     make_entry,
 )
+from billing.ledger_batch import records_update
 from billing.locks import tenant_sync_lock
 from billing.models import Tenant, UsageAdjustment, UsageRecord
 from billing.models.ledger import MONEY, BillingStatus
@@ -251,20 +253,10 @@ def _reprice_chunk(
     if not result.applied or not (adjustments or in_place):
         return
     UsageAdjustment.objects.bulk_create(adjustments)
+    now = timezone.now()
     for record in in_place:
-        record.save(
-            update_fields=[
-                "observations",
-                "input_tokens",
-                "output_tokens",
-                "cached_tokens",
-                "cost",
-                "model_breakdown",
-                "content_hash",
-                "price_source",
-                "updated_at",
-            ]
-        )
+        record.updated_at = now
+    records_update(in_place, [*PRICED_FIELDS, "updated_at"])
     result.adjustments += len(adjustments)
     result.repriced_in_place += len(in_place)
     tenant = result.tenant

@@ -18,6 +18,7 @@ from django.utils.html import format_html_join
 
 from billing.admin.base import request_actor
 from billing.models import ModelPrice, UnitPrice
+from billing.money import exact_usd
 from billing.price_table import (
     model_price_save,
     model_price_validate,
@@ -29,7 +30,7 @@ MILLION = Decimal(1_000_000)
 
 def per_million(price: Decimal) -> str:
     """A unit price as people quote it: dollars per million units."""
-    return f"${(price * MILLION).normalize():f}/M"
+    return f"{exact_usd(price * MILLION)}/M"
 
 
 class ModelPriceForm(forms.ModelForm):
@@ -110,11 +111,14 @@ class ModelPriceAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest):
         return super().get_queryset(request).prefetch_related("unit_prices")
 
-    @admin.display(description="Valid")
+    @admin.display(description="Valid (UTC)")
     def valid(self, obj: ModelPrice) -> str:
-        start = f"{obj.valid_from:%Y-%m-%d %H:%M}" if obj.valid_from else "always"
-        end = f"{obj.valid_to:%Y-%m-%d %H:%M}" if obj.valid_to else "further notice"
-        return f"from {start} until {end} (UTC)"
+        start, end = obj.valid_from, obj.valid_to
+        if start and end:
+            return f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M}"
+        if start:
+            return f"from {start:%Y-%m-%d %H:%M}"
+        return f"until {end:%Y-%m-%d %H:%M}" if end else "always"
 
     @admin.display(description="Prices")
     def prices(self, obj: ModelPrice) -> str:

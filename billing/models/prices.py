@@ -86,4 +86,4 @@ class UnitPrice(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.usage_key}: {self.price}"
+        return f"{self.usage_key}: {self.price.normalize():f}"

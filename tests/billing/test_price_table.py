@@ -221,7 +221,7 @@ def test_a_superuser_adds_a_price_in_the_admin_and_it_is_audited(client):
     audit = AuditLog.objects.get(action="price.create", object_id=str(price.pk))
     assert audit.actor.is_superuser
     listed = client.get(reverse("admin:billing_modelprice_changelist")).content
-    assert b"input $1.5/M, output $6/M" in listed
+    assert b"input $1.50/M, output $6.00/M" in listed
 
 
 def test_the_admin_shows_why_a_price_is_refused(client):

@@ -5,15 +5,9 @@ from django.core.management.base import BaseCommand, CommandError
 from billing.audit import Actor
 from billing.management.commands._options import parse_moment, tenant_by_slug
 from billing.models import Tenant
+from billing.money import exact_usd
 from billing.price_table import price_table_load
 from billing.reprice import RepriceRefused, RepriceResult, ledger_reprice
-
-
-def exact_usd(amount: Decimal, *, signed: bool = False) -> str:
-    """Dollars to the ledger's last digit, at least to the cent: $0.0000075."""
-    digits = max(2, -amount.normalize().as_tuple().exponent)
-    sign = "-" if amount < 0 else ("+" if signed else "")
-    return f"{sign}${abs(amount):,.{digits}f}"
 
 
 class Command(BaseCommand):
