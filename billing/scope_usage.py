@@ -156,6 +156,27 @@ OPERATIONS = {
 }
 
 
+# Set (transaction-local) around an UPDATE that moves ledger rows between
+# billable statuses only (pending -> reported: the Stripe sender marking a
+# batch), which every kept table counts the same: the update triggers then
+# skip the transition tables, two thirds of such an UPDATE's time. Honoured
+# only for the roles that may lift RLS (the worker, the owner), so the web
+# role cannot use it to make a kept table drift.
+BILLABLE_UNCHANGED_SETTING = "app.billable_unchanged"
+
+
+def _billable_unchanged_check(table: str) -> str:
+    # Here, not at the top: bench/rollup.py imports this module without
+    # setting Django up, and billing.rls needs it.
+    from billing.rls import may_bypass_expression
+
+    may_bypass = may_bypass_expression(table, lambda name: f'"{name}"')
+    return (
+        f"IF current_setting('{BILLABLE_UNCHANGED_SETTING}', true) = 'on' "
+        f"AND {may_bypass} THEN RETURN NULL; END IF;"
+    )
+
+
 def statement_triggers(
     name: str, table: str, body: Callable[[list[tuple[str, int]]], str]
 ) -> list[str]:
@@ -163,16 +184,18 @@ def statement_triggers(
     Postgres statement-level triggers ``{name}_{operation}`` on ``table``
     running ``body(sides)``: sides are (the transition table of the
     statement's new or old rows, ``new_rows`` / ``old_rows``; sign: 1 to
-    count in, -1 to count out).
+    count in, -1 to count out). The update trigger does nothing under
+    ``BILLABLE_UNCHANGED_SETTING``.
     """
     statements = []
     for operation, sides in OPERATIONS.items():
         function = f"{name}_{operation}"
         transitions = [(f"{side}_rows", 1 if side == "new" else -1) for side in sides]
         referencing = " ".join(f"{side.upper()} TABLE AS {side}_rows" for side in sides)
+        skip = _billable_unchanged_check(table) if operation == "update" else ""
         statements += [
             f"""CREATE OR REPLACE FUNCTION {function}() RETURNS trigger AS $$
-                BEGIN {body(transitions)}; RETURN NULL; END;
+                BEGIN {skip} {body(transitions)}; RETURN NULL; END;
                 $$ LANGUAGE plpgsql""",
             f"""CREATE TRIGGER {function} AFTER {operation.upper()} ON {table}
                 REFERENCING {referencing} FOR EACH STATEMENT
@@ -293,6 +316,44 @@ class MaintainDailyScopeUsage(LedgerTriggers):
 
     def describe(self) -> str:
         return "Keep daily scope usage in step with the ledger (triggers)"
+
+
+def update_functions_sql(statements: list[str]) -> list[str]:
+    """The ``CREATE OR REPLACE FUNCTION`` statements of the update triggers."""
+    return [
+        sql
+        for sql in statements
+        if sql.startswith("CREATE OR REPLACE FUNCTION") and "_update()" in sql
+    ]
+
+
+class RenewLedgerUpdateFunctions(migrations.operations.base.Operation):
+    """
+    Re-create the functions of the ledger's update triggers (scope usage and
+    trace costs) as the code writes them now. Postgres only; the triggers
+    stay, and unapplying keeps the functions (they mean the same).
+    """
+
+    reversible = True
+    reduces_to_sql = True
+
+    def state_forwards(self, app_label, state) -> None:
+        pass
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            return
+        from billing.trace_costs import MaintainDailyTraceCost
+
+        for operation in (MaintainDailyScopeUsage(), MaintainDailyTraceCost()):
+            for sql in update_functions_sql(operation.create_statements("postgresql")):
+                schema_editor.execute(sql, params=None)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        pass
+
+    def describe(self) -> str:
+        return "Re-create the ledger's update trigger functions"
 
 
 class SqliteOnly:

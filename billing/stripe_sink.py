@@ -35,7 +35,9 @@ import hashlib
 import itertools
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
@@ -65,6 +67,7 @@ from billing.provider_calls import (
     ProviderCaller,
     ProviderError,
 )
+from billing.scope_usage import BILLABLE_UNCHANGED_SETTING
 from billing.services import InvalidTransition
 from billing.tenancy import tenant_context
 from billing.utc_days import day_bounds
@@ -139,6 +142,24 @@ def _identifier(
     return f"lf-{tenant.pk}-{day:%Y%m%d}-{digest}"
 
 
+@contextmanager
+def billable_unchanged() -> Iterator[None]:
+    """Statements in here move ledger rows between billable statuses only."""
+    if connection.vendor != "postgresql":
+        yield  # SQLite's row triggers skip such updates by themselves
+        return
+    # Transaction-local: a failure inside rolls it back with the statements
+    # (resetting it there would fail in the aborted transaction instead).
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT set_config(%s, 'on', true)", [BILLABLE_UNCHANGED_SETTING]
+        )
+        yield
+        cursor.execute(
+            "SELECT set_config(%s, 'off', true)", [BILLABLE_UNCHANGED_SETTING]
+        )
+
+
 def _create_one_report(
     tenant: Tenant, day: date, settled_rule: Q
 ) -> StripeReport | None:
@@ -183,8 +204,13 @@ def _create_one_report(
             record_count=len(record_ids),
             adjustment_count=len(adjustment_ids),
         )
-        batch_records.update(status=BillingStatus.REPORTED, report=report)
-        batch_adjustments.update(status=BillingStatus.REPORTED, report=report)
+        # Pending -> reported: both billable, so the kept tables need not
+        # look (billing.scope_usage.BILLABLE_UNCHANGED_SETTING).
+        with billable_unchanged():
+            for batch in (batch_records, batch_adjustments):
+                batch.filter(status=BillingStatus.PENDING).update(
+                    status=BillingStatus.REPORTED, report=report
+                )
         cursor.billed_amount = billed_amount
         cursor.billed_units += value
         cursor.save(update_fields=["billed_amount", "billed_units", "updated_at"])

@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 
 from billing.models import DailyScopeUsage, StripeReport, UsageRecord
-from billing.scope_usage import fill_sql
+from billing.scope_usage import BILLABLE_UNCHANGED_SETTING, fill_sql
 from billing.tenancy import tenant_context
 from tests.factories import ledger_write, trace_usage
 
@@ -179,3 +179,39 @@ def test_the_app_role_keeps_usage_within_its_tenant(tenant, as_app_role):
     assert not DailyScopeUsage.objects.exists()  # no tenant context: RLS hides it
     with tenant_context([tenant.pk]):
         assert DailyScopeUsage.objects.get().tenant_id == tenant.pk
+
+
+def web_usage():
+    return DailyScopeUsage.objects.filter(scope_id="web").values_list(
+        "trace_count", flat=True
+    )
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="Postgres triggers")
+def test_under_the_flag_the_update_triggers_do_not_look(tenant):
+    """What the Stripe sender relies on when it marks a batch reported:
+    the flag makes the update triggers skip, so it is set around updates
+    between billable statuses only (here misused, to show it)."""
+    from billing.stripe_sink import billable_unchanged
+
+    merge(tenant, trace("t1", {"o1": GPT}, project_id="web"))
+    merge(tenant, trace("t2", {"o1": GPT}, project_id="web"))
+
+    with billable_unchanged():
+        UsageRecord.objects.filter(trace_id="t1").update(status="skipped")
+    UsageRecord.objects.filter(trace_id="t2").update(status="skipped")
+
+    assert list(web_usage()) == [1]  # t2 counted out, t1 not
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="Postgres triggers")
+def test_only_a_role_that_may_lift_rls_can_make_the_triggers_skip(tenant, as_app_role):
+    merge(tenant, trace("t1", {"o1": GPT}, project_id="web"))
+    as_app_role()
+    with tenant_context([tenant.pk]):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config(%s, 'on', true)", [BILLABLE_UNCHANGED_SETTING]
+            )
+        UsageRecord.objects.filter(trace_id="t1").update(status="skipped")
+        assert list(web_usage()) in ([], [0])  # counted out all the same
