@@ -94,6 +94,9 @@ LONG_RUNNING_HOURS = (2, 5)
 SPIKE_FACTOR = 10.0
 DROP_FACTOR = 0.05
 RUNAWAY_FACTOR = 200.0
+# A runaway trace runs on an expensive model: 200 times a short trace of a
+# cheap one can still cost less than the agent's usual expensive traces.
+RUNAWAY_MODEL = "gpt-4o"
 MISSING_DAYS = 2
 # The detectors call a scope low only against a week of its own complete
 # days, and take a scope's first day in their window for a partial one: the
@@ -843,6 +846,11 @@ class _TraceBuilder:
                 60_000, max(50, round(rng.lognormvariate(math.log(1500), 0.8)))
             )
             output = min(8_000, max(10, round(rng.lognormvariate(math.log(300), 0.7))))
+        if plan.factor == RUNAWAY_FACTOR:
+            # After the draws, so that later traces stay the same; at least a
+            # typical call, so that the runaway is one at any hour it is made.
+            model = RUNAWAY_MODEL
+            prompt, output = max(prompt, 4000), max(output, 500)
         if plan.factor != 1.0:
             prompt = max(1, round(prompt * plan.factor))
             output = max(1, round(output * plan.factor))
