@@ -83,8 +83,13 @@ def make_entry(
     ]
 
 
+def as_stored(cost: Decimal) -> Decimal:
+    """A cost as the ledger's columns hold it: to their last digit."""
+    return cost.quantize(LEDGER_PLACES, rounding=ROUND_HALF_UP)
+
+
 def _money_text(amount: Decimal) -> str:
-    return str(amount.quantize(LEDGER_PLACES, rounding=ROUND_HALF_UP).normalize())
+    return str(as_stored(amount).normalize())
 
 
 def entry_priced_at(entry: Entry, default: datetime) -> datetime:

@@ -70,7 +70,7 @@ def model_price_validate(
         if overlapping:
             errors["valid_from"] = (
                 f"Overlaps the prices of {model_name} valid "
-                f"{_period(overlapping.valid_from, overlapping.valid_to)}: "
+                f"{model_price_period(overlapping.valid_from, overlapping.valid_to)}: "
                 "end those first."
             )
     if errors:
@@ -95,10 +95,13 @@ def _overlaps(valid_from: datetime | None, valid_to: datetime | None) -> Q:
     return condition
 
 
-def _period(valid_from: datetime | None, valid_to: datetime | None) -> str:
-    start = f"{valid_from:%Y-%m-%d %H:%M}" if valid_from else "always"
-    end = f"{valid_to:%Y-%m-%d %H:%M}" if valid_to else "further notice"
-    return f"from {start} until {end}"
+def model_price_period(valid_from: datetime | None, valid_to: datetime | None) -> str:
+    """When a price row is in force, in UTC, as operators read it."""
+    if valid_from and valid_to:
+        return f"{valid_from:%Y-%m-%d %H:%M} to {valid_to:%Y-%m-%d %H:%M}"
+    if valid_from:
+        return f"from {valid_from:%Y-%m-%d %H:%M}"
+    return f"until {valid_to:%Y-%m-%d %H:%M}" if valid_to else "always"
 
 
 def _snapshot(row: ModelPrice) -> dict[str, Any]:

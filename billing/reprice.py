@@ -33,7 +33,7 @@ from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from django.db import transaction
 from django.utils import timezone
@@ -44,6 +44,7 @@ from billing.ledger import (
     USAGE,
     Entry,
     Totals,
+    as_stored,
     content_hash,
     entries_delta,
     entries_price_source,
@@ -54,7 +55,7 @@ from billing.ledger import (
 from billing.ledger_batch import records_update
 from billing.locks import tenant_sync_lock
 from billing.models import Tenant, UsageAdjustment, UsageRecord
-from billing.models.ledger import MONEY, BillingStatus
+from billing.models.ledger import BillingStatus
 from billing.price_table import price_table_load
 from billing.pricing import PriceSource, PriceTable, price_usage
 from billing.query_log import query_log_forget
@@ -68,8 +69,6 @@ CHUNK = 500
 # its trace's day, so older days cannot be corrected through the meter.
 STRIPE_WINDOW = timedelta(days=35)
 
-LEDGER_PLACES = Decimal(1).scaleb(-MONEY["decimal_places"])
-
 NO_USAGE = "written before the ledger kept usage per key"
 LANGFUSE_PRICED = "priced by Langfuse; our prices do not cover all its usage"
 NO_PRICE = "no price of ours in force for it"
@@ -77,11 +76,6 @@ HELD = (
     "in records held as unpriced: the sync's reconcile prices them in full "
     "once a price exists"
 )
-
-
-def as_stored(cost: Decimal) -> Decimal:
-    """A cost as the ledger's columns hold it, so the printed sums are theirs."""
-    return cost.quantize(LEDGER_PLACES, rounding=ROUND_HALF_UP)
 
 
 class RepriceRefused(Exception):

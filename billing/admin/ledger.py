@@ -13,6 +13,7 @@ from billing.admin.base import (
     TenantFilter,
     TenantScopedAdminMixin,
 )
+from billing.ledger import RULE
 from billing.models import (
     ModelPrice,
     SyncCursor,
@@ -71,12 +72,12 @@ class UsageRecordAdmin(
         # usage, price row id, priced at]; entries written before the price
         # table was in the database stop at the source or the usage.
         entries = sorted(obj.observations.items())
-        rule_ids = {entry[7] for _, entry in entries if len(entry) > 7 and entry[7]}
+        rule_ids = {e[RULE] for _, e in entries if len(e) > RULE and e[RULE]}
         rules = ModelPrice.objects.in_bulk(rule_ids)
         rows = []
         for observation, entry in entries:
             model, cost, source = entry[0], entry[4], entry[5]
-            rule = rules.get(entry[7]) if len(entry) > 7 else None
+            rule = rules.get(entry[RULE]) if len(entry) > RULE else None
             if rule is None:
                 shown = sources.get(source, source)
             else:

@@ -20,6 +20,7 @@ from billing.admin.base import request_actor
 from billing.models import ModelPrice, UnitPrice
 from billing.money import exact_usd
 from billing.price_table import (
+    model_price_period,
     model_price_save,
     model_price_validate,
     unit_prices_validate,
@@ -113,12 +114,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
 
     @admin.display(description="Valid (UTC)")
     def valid(self, obj: ModelPrice) -> str:
-        start, end = obj.valid_from, obj.valid_to
-        if start and end:
-            return f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M}"
-        if start:
-            return f"from {start:%Y-%m-%d %H:%M}"
-        return f"until {end:%Y-%m-%d %H:%M}" if end else "always"
+        return model_price_period(obj.valid_from, obj.valid_to)
 
     @admin.display(description="Prices")
     def prices(self, obj: ModelPrice) -> str:
