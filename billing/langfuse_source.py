@@ -33,6 +33,7 @@ from langfuse.api.core.datetime_utils import serialize_datetime
 from langfuse.api.core.pydantic_utilities import parse_obj_as
 from langfuse.api.core.serialization import FieldMetadata
 
+from billing.fast_json import json_loads
 from billing.models import Tenant
 from billing.provider_calls import ProviderCaller
 from billing.scopes import DEFAULT_SCOPE_MAPPING, resolve_scope, scope_mapping_for
@@ -187,19 +188,16 @@ def parse_observation(
     # An event is a point in time: it never runs.
     end_time = end_time or (raw.start_time if raw.type == "EVENT" else None)
     metadata = raw.metadata if isinstance(raw.metadata, dict) else {}
+    tags = raw.tags or []
+    fields = {
+        "trace_name": raw.trace_name,
+        "user_id": raw.user_id,
+        "session_id": raw.session_id,
+        "langfuse_project_id": raw.project_id,
+    }
     scopes = {
         scope: clean_text(
-            resolve_scope(
-                sources,
-                metadata=metadata,
-                tags=raw.tags or [],
-                fields={
-                    "trace_name": raw.trace_name,
-                    "user_id": raw.user_id,
-                    "session_id": raw.session_id,
-                    "langfuse_project_id": raw.project_id,
-                },
-            )
+            resolve_scope(sources, metadata=metadata, tags=tags, fields=fields)
         )
         for scope, sources in scope_mapping.items()
     }
@@ -378,7 +376,7 @@ class LangfuseSource:
         if not 200 <= response.status_code < 300:
             raise ApiError(status_code=response.status_code, headers=headers)
         try:
-            body = response.json()
+            body = json_loads(response.content)
             items, meta = body["data"], body.get("meta") or {}
             if not isinstance(items, list) or not isinstance(meta, dict):
                 raise TypeError

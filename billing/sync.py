@@ -39,6 +39,7 @@ from django.db import DataError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from billing.audit import Actor
+from billing.gc_freeze import heap_frozen
 from billing.langfuse_source import LangfuseSource, Page
 from billing.ledger import (
     UNBILLED,
@@ -450,7 +451,10 @@ def sync_tenant(
     recorded as skipped with that reason.
     A reconcile re-reads ``lookback`` behind the cursor.
     """
-    with tenant_sync_lock(tenant_id, wait=wait_for_lock) as acquired:
+    with (
+        tenant_sync_lock(tenant_id, wait=wait_for_lock) as acquired,
+        heap_frozen(),
+    ):
         if not acquired:
             logger.info("tenant %s: %s, skipped", tenant_id, LOCKED_REASON)
             return _skipped_as_locked(tenant_id, kind, dry_run)

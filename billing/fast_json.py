@@ -1,0 +1,52 @@
+"""
+JSON on the sync's hot path: a page of observations read by pydantic's JSON
+parser, a page of ledger rows written by orjson (the json module took a
+quarter of a sync's CPU doing both).
+
+Langfuse stores any string, so pages arrive with what a strict parser
+refuses: pydantic's refuses a lone surrogate escape, and such a page is read
+by the json module. Everything else reads the same either way: integers of
+any size exactly, ``NaN`` and ``Infinity``, the last of a repeated key
+(``tests/billing/test_fast_json.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+
+import orjson
+import pydantic_core
+
+
+def json_loads(data: bytes | str) -> Any:
+    """``json.loads(data)``, in a third of its time for what pydantic can read."""
+    try:
+        return pydantic_core.from_json(data, allow_inf_nan=True)
+    except ValueError:
+        return json.loads(data)
+
+
+def json_dumps(value: Any, *, default: Callable[[Any], Any] | None = None) -> str:
+    """
+    Compact JSON text of ``value``: datetimes and dates in ISO 8601 (as
+    their ``isoformat()``), anything else orjson does not know through
+    ``default``. A value orjson refuses (a lone surrogate in a string, a key
+    that is not a string, an integer beyond 64 bits) is written by the json
+    module.
+    """
+    try:
+        return orjson.dumps(value, default=default).decode()
+    except orjson.JSONEncodeError:
+        pass
+
+    def as_orjson_writes(item: Any) -> Any:
+        if isinstance(item, date):  # a datetime too
+            return item.isoformat()
+        if default is None:
+            raise TypeError(f"{type(item).__name__} is not JSON serializable")
+        return default(item)
+
+    return json.dumps(value, default=as_orjson_writes, separators=(",", ":"))
