@@ -45,7 +45,7 @@ from decimal import ROUND_FLOOR, Decimal
 import stripe
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Max, Q, Sum
+from django.db.models import F, Q
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -126,13 +126,39 @@ def _pending_days(queryset, settled_rule: Q | None) -> set[date]:
     )
 
 
-def _batch_ids(queryset, day: date, settled_rule: Q | None) -> list[int]:
-    start, end = day_bounds(day)
-    queryset = _pending(queryset, settled_rule).filter(
-        trace_timestamp__gte=start, trace_timestamp__lt=end
-    )
-    ids = queryset.order_by("trace_timestamp", "id").values_list("id", flat=True)
-    return list(ids[:MAX_BATCH_ROWS])
+class _DayRows:
+    """
+    A UTC day's billable rows of one table, in (trace timestamp, id) order,
+    handed out a batch at a time. Each batch is read from where the last one
+    stopped, with its meter amounts, so a day of n batches is read once, not
+    n times over.
+    """
+
+    def __init__(self, queryset, day: date, settled_rule: Q | None, unit: str):
+        start, end = day_bounds(day)
+        self.rows = (
+            _pending(queryset, settled_rule)
+            .filter(trace_timestamp__gte=start, trace_timestamp__lt=end)
+            .annotate(meter_raw=meter_amount_expression(unit))
+            .order_by("trace_timestamp", "id")
+        )
+        self.after: tuple[datetime, int] | None = None
+
+    def take(self, limit: int) -> list[tuple[int, Decimal | int, datetime]]:
+        """Up to ``limit`` (id, meter amount, trace timestamp) rows."""
+        if limit <= 0:
+            return []
+        rows = self.rows
+        if self.after is not None:
+            at, pk = self.after
+            # The first condition alone bounds the index scan.
+            rows = rows.filter(trace_timestamp__gte=at).filter(
+                Q(trace_timestamp__gt=at) | Q(id__gt=pk)
+            )
+        batch = list(rows.values_list("id", "meter_raw", "trace_timestamp")[:limit])
+        if batch:
+            self.after = (batch[-1][2], batch[-1][0])
+        return batch
 
 
 def _identifier(
@@ -161,33 +187,21 @@ def billable_unchanged() -> Iterator[None]:
 
 
 def _create_one_report(
-    tenant: Tenant, day: date, settled_rule: Q
+    tenant: Tenant, day: date, records: _DayRows, adjustments: _DayRows
 ) -> StripeReport | None:
-    records = UsageRecord.objects.for_tenant(tenant)
-    adjustments = UsageAdjustment.objects.for_tenant(tenant)
     with tenant_context([tenant.pk]):
         cursor, _ = SyncCursor.objects.select_for_update().get_or_create(tenant=tenant)
-        record_ids = _batch_ids(records, day, settled_rule)
-        room = MAX_BATCH_ROWS - len(record_ids)
-        adjustment_ids = _batch_ids(adjustments, day, None)[:room] if room else []
-        if not record_ids and not adjustment_ids:
+        batch_records = records.take(MAX_BATCH_ROWS)
+        batch_adjustments = adjustments.take(MAX_BATCH_ROWS - len(batch_records))
+        if not batch_records and not batch_adjustments:
             return None
+        record_ids = [pk for pk, _, _ in batch_records]
+        adjustment_ids = [pk for pk, _, _ in batch_adjustments]
         unit = tenant.meter_unit
-        batch_records = records.filter(id__in=record_ids)
-        batch_adjustments = adjustments.filter(id__in=adjustment_ids)
-        amount = Decimal(0)
-        latest = []
-        for batch, ids in (
-            (batch_records, record_ids),
-            (batch_adjustments, adjustment_ids),
-        ):
-            if ids:
-                totals = batch.aggregate(
-                    raw=Sum(meter_amount_expression(unit)),
-                    latest=Max("trace_timestamp"),
-                )
-                amount += to_meter_amount(totals["raw"], unit)
-                latest.append(totals["latest"])
+        amount = sum(
+            to_meter_amount(sum(raw for _, raw, _ in batch), unit)
+            for batch in (batch_records, batch_adjustments)
+        )
         billed_amount = cursor.billed_amount + amount
         target_units = int(billed_amount.to_integral_value(rounding=ROUND_FLOOR))
         value = max(0, target_units - cursor.billed_units)
@@ -200,17 +214,23 @@ def _create_one_report(
             value=value,
             amount=amount,
             day=day,
-            timestamp=max(latest),
+            timestamp=max(
+                at for batch in (batch_records, batch_adjustments) for _, _, at in batch
+            ),
             record_count=len(record_ids),
             adjustment_count=len(adjustment_ids),
         )
         # Pending -> reported: both billable, so the kept tables need not
         # look (billing.scope_usage.BILLABLE_UNCHANGED_SETTING).
         with billable_unchanged():
-            for batch in (batch_records, batch_adjustments):
-                batch.filter(status=BillingStatus.PENDING).update(
-                    status=BillingStatus.REPORTED, report=report
-                )
+            for model, ids in (
+                (UsageRecord, record_ids),
+                (UsageAdjustment, adjustment_ids),
+            ):
+                if ids:
+                    model.objects.for_tenant(tenant).filter(
+                        id__in=ids, status=BillingStatus.PENDING
+                    ).update(status=BillingStatus.REPORTED, report=report)
         cursor.billed_amount = billed_amount
         cursor.billed_units += value
         cursor.save(update_fields=["billed_amount", "billed_units", "updated_at"])
@@ -244,7 +264,13 @@ def reports_create(*, tenant: Tenant, now: datetime | None = None) -> Batched:
             | _pending_days(UsageAdjustment.objects.for_tenant(tenant), None)
         )
     for day in days:
-        while report := _create_one_report(tenant, day, settled_rule):
+        records = _DayRows(
+            UsageRecord.objects.for_tenant(tenant), day, settled_rule, tenant.meter_unit
+        )
+        adjustments = _DayRows(
+            UsageAdjustment.objects.for_tenant(tenant), day, None, tenant.meter_unit
+        )
+        while report := _create_one_report(tenant, day, records, adjustments):
             batched.reports += 1
             batched.records += report.record_count
             batched.adjustments += report.adjustment_count

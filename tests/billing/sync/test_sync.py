@@ -3,9 +3,16 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from billing.models import StripeReport, SyncCursor, SyncRun, UsageRecord
-from billing.sync import sync_tenant
-from tests.billing.sync.conftest import expected_cost, noon
+from billing import stripe_sink
+from billing.models import (
+    StripeReport,
+    SyncCursor,
+    SyncRun,
+    UsageAdjustment,
+    UsageRecord,
+)
+from billing.sync import RECONCILE_TIERS, reconcile_tenant, sync_tenant
+from tests.billing.sync.conftest import expected_cost, iso, noon
 
 
 def _records(tenant):
@@ -203,3 +210,58 @@ def test_rounding_is_carried_so_no_money_is_lost_or_invented(world, batches):
     assert (
         world.stripe_total(tenant) == int(total_micro) == world.ledger_micro_usd(tenant)
     )
+
+
+def test_a_day_beyond_one_batch_is_billed_in_consecutive_batches(world, monkeypatch):
+    """
+    Batches of a day follow each other in (trace timestamp, id) order,
+    records first, adjustments in the room left; every row is in one batch.
+    """
+    monkeypatch.setattr(stripe_sink, "MAX_BATCH_ROWS", 2)
+    tenant = world.tenant("acme")
+    start = noon(0)
+    traces = [
+        world.trace(tenant, start=start - timedelta(minutes=minutes))
+        for minutes in (5, 9, 5, 1, 7)  # two start at the same moment
+    ]
+    sync_tenant(tenant_id=tenant.pk)
+
+    ordered = list(_records(tenant).order_by("trace_timestamp", "id"))
+    reports = list(StripeReport.objects.order_by("id"))
+    assert [
+        list(r.usage_records.order_by("trace_timestamp", "id")) for r in reports
+    ] == [
+        ordered[0:2],
+        ordered[2:4],
+        ordered[4:5],
+    ]
+
+    # A new trace of that day, and late usage on three billed ones.
+    newest = world.trace(tenant, start=start)
+    world.langfuse.add_observations(
+        tenant.langfuse_public_key,
+        [
+            {
+                "id": f"{trace_id}-late",
+                "traceId": trace_id,
+                "type": "GENERATION",
+                "startTime": iso(start - timedelta(minutes=10)),
+                "endTime": iso(start - timedelta(minutes=10)),
+                "model": "gpt-4o",
+                "usageDetails": {"input": 4000, "output": 1000},
+            }
+            for trace_id in traces[:3]
+        ],
+    )
+    reconcile_tenant(tenant_id=tenant.pk, lookback=RECONCILE_TIERS["weekly"])
+
+    late = list(StripeReport.objects.order_by("id"))[len(reports) :]
+    adjustments = list(UsageAdjustment.objects.order_by("trace_timestamp", "id"))
+    assert [(r.record_count, r.adjustment_count) for r in late] == [(1, 1), (0, 2)]
+    assert [r.trace_id for r in late[0].usage_records.all()] == [newest]
+    assert list(late[0].adjustments.all()) == adjustments[:1]
+    assert (
+        list(late[1].adjustments.order_by("trace_timestamp", "id")) == (adjustments[1:])
+    )
+    assert world.stripe_total(tenant) == world.ledger_micro_usd(tenant)
+    assert world.stripe_total(tenant) == world.sent_units(tenant)
