@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import date
+from functools import partial
 from typing import Any
 
 import orjson
 import pydantic_core
 
 
-def json_loads(data: bytes | str) -> Any:
+def json_loads(data: bytes) -> Any:
     """``json.loads(data)``, in a third of its time for what pydantic can read."""
     try:
         return pydantic_core.from_json(data, allow_inf_nan=True)
@@ -31,22 +32,28 @@ def json_loads(data: bytes | str) -> Any:
 
 def json_dumps(value: Any, *, default: Callable[[Any], Any] | None = None) -> str:
     """
-    Compact JSON text of ``value``: datetimes and dates in ISO 8601 (as
-    their ``isoformat()``), anything else orjson does not know through
-    ``default``. A value orjson refuses (a lone surrogate in a string, a key
-    that is not a string, an integer beyond 64 bits) is written by the json
-    module.
+    Compact JSON text of ``value``, a document of JSON's own types (strings,
+    integers, None, booleans, lists, dicts with string keys), datetimes and
+    dates, written as their ``isoformat()``, and what ``default`` turns into
+    those. A value orjson refuses (a lone surrogate in a string, an integer
+    beyond 64 bits) is written by the json module, with the same result.
     """
     try:
-        return orjson.dumps(value, default=default).decode()
+        return orjson.dumps(
+            value,
+            default=partial(_isoformat_or, default),
+            # orjson rounds an offset to the minute: isoformat() does not.
+            option=orjson.OPT_PASSTHROUGH_DATETIME,
+        ).decode()
     except orjson.JSONEncodeError:
-        pass
+        return json.dumps(
+            value, default=partial(_isoformat_or, default), separators=(",", ":")
+        )
 
-    def as_orjson_writes(item: Any) -> Any:
-        if isinstance(item, date):  # a datetime too
-            return item.isoformat()
-        if default is None:
-            raise TypeError(f"{type(item).__name__} is not JSON serializable")
-        return default(item)
 
-    return json.dumps(value, default=as_orjson_writes, separators=(",", ":"))
+def _isoformat_or(default: Callable[[Any], Any] | None, value: Any) -> Any:
+    if isinstance(value, date):  # a datetime too
+        return value.isoformat()
+    if default is None:
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return default(value)

@@ -131,7 +131,8 @@ class _DayRows:
     A UTC day's billable rows of one table, in (trace timestamp, id) order,
     handed out a batch at a time. Each batch is read from where the last one
     stopped, with its meter amounts, so a day of n batches is read once, not
-    n times over.
+    n times over. (A row made pending behind that point meanwhile waits for
+    the next run; the tenant's sync lock keeps the ledger's writers out.)
     """
 
     def __init__(self, queryset, day: date, settled_rule: Q | None, unit: str):

@@ -727,5 +727,7 @@ def sync_tenants(
 
     if connection.vendor == "sqlite":
         concurrency = 1  # one writer at a time: the embedded default
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+    # Frozen once for all the threads: one tenant's run ending must not
+    # thaw the heap under the others.
+    with heap_frozen(), ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         return [run for runs in pool.map(one, tenant_ids) for run in runs]

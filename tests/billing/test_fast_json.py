@@ -50,10 +50,8 @@ def same(a: object, b: object) -> bool:
 
 @given(VALUES, st.booleans())
 def test_loads_reads_as_the_json_module(value, ascii_only):
-    text = json.dumps(value, ensure_ascii=ascii_only)
-    data = text.encode("utf-8", "surrogatepass")
+    data = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
     assert same(json_loads(data), json.loads(data))
-    assert same(json_loads(text), json.loads(text))
 
 
 @pytest.mark.parametrize(
@@ -94,7 +92,13 @@ def as_json_module_writes(value):
 
 
 MOMENTS = st.datetimes(
-    timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5, minutes=-30))])
+    timezones=st.sampled_from(
+        [
+            UTC,
+            timezone(timedelta(hours=-5, minutes=-30)),
+            timezone(timedelta(seconds=30)),  # orjson would write +00:01
+        ]
+    )
 )
 ROW_VALUES = st.recursive(
     st.one_of(
