@@ -275,6 +275,8 @@ def reports_create(*, tenant: Tenant, now: datetime | None = None) -> Batched:
             batched.reports += 1
             batched.records += report.record_count
             batched.adjustments += report.adjustment_count
+            if report.record_count + report.adjustment_count < MAX_BATCH_ROWS:
+                break  # a batch with room left took the rest of the day
     return batched
 
 
