@@ -41,9 +41,14 @@ MINI = ("gpt-4o-mini", 1000, 100, 0)
 OPERATOR = Actor.system()
 
 
-def set_gpt_4o_output_price(price: str, **period) -> ModelPrice:
+def gpt_4o_price() -> tuple[ModelPrice, dict[str, Decimal]]:
+    """The gpt-4o price row and its unit prices."""
     gpt = ModelPrice.objects.get(model_name="gpt-4o")
-    units = {unit.usage_key: unit.price for unit in gpt.unit_prices.all()}
+    return gpt, {unit.usage_key: unit.price for unit in gpt.unit_prices.all()}
+
+
+def set_gpt_4o_output_price(price: str) -> ModelPrice:
+    gpt, units = gpt_4o_price()
     return model_price_save(
         price=gpt, unit_prices={**units, "output": Decimal(price)}, actor=OPERATOR
     )
@@ -166,8 +171,7 @@ def test_only_usage_under_the_changed_period_is_repriced(world, billed):
     # A new price from the start of yesterday (noon(0)'s day): the day
     # before keeps the old one.
     start = noon(0).replace(hour=0)
-    gpt = ModelPrice.objects.get(model_name="gpt-4o")
-    units = {unit.usage_key: unit.price for unit in gpt.unit_prices.all()}
+    gpt, units = gpt_4o_price()
     gpt.valid_to = start
     model_price_save(price=gpt, unit_prices=units, actor=OPERATOR)
     model_price_save(
@@ -234,8 +238,7 @@ def test_what_cannot_be_repriced_is_kept_and_counted(tenant):
 
 def test_a_price_change_alone_bills_nothing_until_repriced(world, billed):
     """Who priced an observation changing is not news to the sync's reconcile."""
-    gpt = ModelPrice.objects.get(model_name="gpt-4o")
-    units = {unit.usage_key: unit.price for unit in gpt.unit_prices.all()}
+    gpt, units = gpt_4o_price()
     # Our gpt-4o price ends before the billed usage: Langfuse's cost applies.
     gpt.valid_to = noon(2)
     model_price_save(price=gpt, unit_prices=units, actor=OPERATOR)
